@@ -1,0 +1,22 @@
+"""CSM's fixed numbers, named once."""
+
+SAMPLE_RATE = 24_000  # Mimi's sample rate (Hz)
+FRAME_SAMPLES = 1920  # samples per Mimi frame
+FRAME_MS = 80  # one frame = 80 ms of audio (12.5 Hz)
+FRAME_RATE_HZ = SAMPLE_RATE / FRAME_SAMPLES
+
+NUM_CODEBOOKS = 32  # Mimi codebooks per frame
+AUDIO_VOCAB_SIZE = 2051  # 2048 codes + special ids
+TEXT_COLUMN = 32  # column of the text token in a backbone frame
+FRAME_WIDTH = NUM_CODEBOOKS + 1  # 32 audio columns + 1 text column
+
+BEGIN_OF_TEXT = 128000
+END_OF_TEXT = 128001
+TEXT_VOCAB_SIZE = 128256
+
+DEFAULT_TEMPERATURE = 0.9
+DEFAULT_TOP_K = 50
+DEFAULT_MAX_AUDIO_MS = 90_000
+
+# Public watermark key of CSM-1B (published with the model; deployments should set their own).
+CSM_PUBLIC_WATERMARK_KEY = (212, 211, 146, 56, 201)

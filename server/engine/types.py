@@ -1,0 +1,151 @@
+"""What crosses the boundary between the gRPC servicer and the engine.
+
+Torch-free on purpose: the servicer imports this module, never torch. Audio travels as
+numpy float32 mono arrays.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class FinishReason(enum.Enum):
+    EOS = "eos"  # the model produced its all-zero end-of-utterance frame
+    LENGTH = "length"  # max_audio_ms reached
+    CANCELLED = "cancelled"  # caller went away, deadline passed, or server shut down
+    ERROR = "error"  # this request failed inside the engine; others are unaffected
+
+
+@dataclass(slots=True, frozen=True)
+class ContextSegment:
+    """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples)."""
+
+    speaker: int
+    text: str
+    audio: np.ndarray | None = None
+    sample_rate: int = 24_000
+
+
+@dataclass(slots=True)
+class SynthesisParams:
+    """One request, as the engine sees it. Defaults are CSM's (temperature 0.9, top-k 50)."""
+
+    text: str
+    speaker: int = 0
+    context: tuple[ContextSegment, ...] = ()
+    temperature: float = 0.9
+    top_k: int = 50
+    seed: int | None = None  # None: the engine draws one
+    max_audio_ms: int | None = None  # None: EngineLimits.default_max_audio_ms
+    output_sample_rate: int = 24_000  # the engine resamples its 24 kHz output to this rate
+    request_id: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class AudioOut:
+    """A piece of one stream's audio, in order, at the request's output sample rate."""
+
+    pcm: np.ndarray  # float32 [n]
+    frames: int  # number of 80 ms model frames this piece completes
+    watermarked: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Finished:
+    """The last event of every stream."""
+
+    reason: FinishReason
+    frames: int  # generated frames, the EOS frame not counted
+    prompt_frames: int
+    queue_s: float  # arrival -> admission into a slot
+    ttfa_s: float | None  # arrival -> first audio handed to the stream (None: no audio)
+    total_s: float  # arrival -> finished
+    watermarked: bool
+    error: str | None = None  # set when reason is ERROR
+
+
+Event = AudioOut | Finished
+
+
+@dataclass(slots=True, frozen=True)
+class Violation:
+    field: str  # request field path, e.g. "context[1].audio" or "sampling.top_k"
+    description: str  # what is wrong and what would be accepted
+
+
+class InvalidRequest(Exception):
+    """The request can never be served as sent (maps to INVALID_ARGUMENT)."""
+
+    def __init__(self, violations: list[Violation]):
+        self.violations = violations
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+
+
+class QueueFull(Exception):
+    """The waiting queue is full; try again later (maps to RESOURCE_EXHAUSTED + RetryInfo)."""
+
+    def __init__(self, message: str, retry_after_s: float):
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
+class EngineUnavailable(Exception):
+    """The engine is not accepting work: warming up, draining or stopped (maps to UNAVAILABLE)."""
+
+
+@dataclass(slots=True, frozen=True)
+class EngineLimits:
+    max_slots: int
+    max_queue: int
+    max_seq_len: int  # backbone positions per slot: prompt + generated frames must fit
+    max_text_chars: int
+    max_context_segments: int
+    max_speaker_id: int
+    max_audio_ms: int
+    default_max_audio_ms: int
+    max_context_audio_s: float
+
+
+@dataclass(slots=True, frozen=True)
+class EngineInfo:
+    model_source: str
+    preset: str  # "csm-1b" | "bench" | "tiny" | "custom"
+    random_weights: bool
+    device: str
+    dtype: str
+    backbone_layers: int
+    backbone_dim: int
+    decoder_layers: int
+    decoder_dim: int
+    num_codebooks: int
+    sample_rate: int
+    frame_rate_hz: float
+    frame_samples: int
+    watermark_enabled: bool
+    limits: EngineLimits
+
+
+@dataclass(slots=True, frozen=True)
+class EngineStats:
+    """A snapshot of the engine's load, cheap to take from any thread."""
+
+    slots_in_use: int
+    max_slots: int
+    requests_waiting: int
+    requests_prefilling: int
+    requests_decoding: int
+
+
+@dataclass(slots=True, frozen=True)
+class StepStats:
+    """Handed to `on_step` observers after every engine step (from the engine thread)."""
+
+    duration_s: float
+    decoding: int  # slots that produced a frame this step
+    prefill_tokens: int  # prompt positions prefilled this step
+    frames: int  # frames produced this step
+    breakdown_s: dict[str, float] = field(default_factory=dict)  # backbone, depth, mimi, ...
+    finished: tuple[FinishReason, ...] = ()  # requests that ended this step
