@@ -1,0 +1,75 @@
+"""The one-request reference path: batch 1, whole utterance, like the original generator.
+
+Every later benchmark and parity check compares against this. It uses slot 0 of the
+model's cache and the same model entry points as the engine (csm_core/frame.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from csm_core.framing import Prompt
+from csm_core.frame import sample_frames
+from csm_core.model import CSMModel
+from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+
+DEFAULT_PREFILL_CHUNK = 64  # prompt positions per prefill call; the engine uses the same boundaries
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    frames: torch.Tensor  # [n, 32] int64, the end-of-utterance frame excluded
+    finish_reason: str  # "eos" | "length"
+    prompt_frames: int
+
+
+def check_fits(model: CSMModel, prompt_len: int, max_frames: int) -> None:
+    if max_frames < 1:
+        raise ValueError("max_frames must be at least 1")
+    if prompt_len + max_frames > model.max_seq:
+        raise ValueError(
+            f"prompt of {prompt_len} positions plus {max_frames} frames exceeds the model's context of "
+            f"{model.max_seq} positions: shorten the context or max length"
+        )
+
+
+def prefill_slot(model: CSMModel, slot: int, prompt: Prompt, start: int, end: int) -> torch.Tensor:
+    """Prefill prompt positions [start, end) of a slot. Returns the last hidden state [1, dim]."""
+    dev = model.audio_head.device
+    return model.prefill(slot, prompt.tokens[start:end].to(dev), prompt.mask[start:end].to(dev), start)
+
+
+@torch.inference_mode()
+def generate(
+    model: CSMModel,
+    prompt: Prompt,
+    *,
+    max_frames: int,
+    sampling: SamplingParams = SamplingParams(),
+    seed: int = 0,
+    prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+) -> GenerationResult:
+    check_fits(model, len(prompt), max_frames)
+    dev = model.audio_head.device
+    gen = make_generator(seed, dev)
+    sampler = BatchSampler([sampling], dev)
+    n = len(prompt)
+    for start in range(0, n, prefill_chunk):
+        h = prefill_slot(model, 0, prompt, start, min(start + prefill_chunk, n))
+    slot = torch.tensor([0], device=dev)
+    frames: list[torch.Tensor] = []
+    reason = "length"
+    for i in range(max_frames):
+        noise = draw_frame_noise(gen, dev).unsqueeze(0)  # [1, 32, vocab]
+        codes = sample_frames(model, h, sampler, noise)  # [1, 32]
+        if not codes.any():
+            reason = "eos"
+            break
+        frames.append(codes[0])
+        if i + 1 < max_frames:
+            pos = n + i
+            h = model.decode(slot, codes, torch.tensor([pos], device=dev), [pos + 1])
+    out = torch.stack(frames) if frames else torch.zeros(0, model.config.audio_num_codebooks, dtype=torch.long)
+    return GenerationResult(out.cpu(), reason, n)
