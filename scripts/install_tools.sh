@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Idempotent install of the pinned tools that validate the Helm chart offline:
+#   bin/helm, bin/kubeconform     built with `go install` from the Go module proxy
+#   schemas/k8s/v<X>-local-strict  Kubernetes JSON schemas (kubernetes-validate wheel, PyPI)
+#   schemas/crds/<group>/...       ServiceMonitor and GRPCRoute schemas, converted from the
+#                                  CRDs inside the prometheus-operator and gateway-api modules
+# Pins live in scripts/k8s-tools.env. Everything lands in $CSM_TOOLS_DIR (default
+# /work/main/.cache/tools) with a stamp per part, so a second run only checks stamps.
+# Go's own caches (GOMODCACHE, GOCACHE) are reused, so a rebuild after a pin change is
+# incremental. Nothing is fetched at validation time.
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=scripts/k8s-tools.env
+source "$REPO/scripts/k8s-tools.env"
+TOOLS=${CSM_TOOLS_DIR:-/work/main/.cache/tools}
+mkdir -p "$TOOLS/bin" "$TOOLS/stamps" "$TOOLS/downloads"
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+need() {
+  command -v "$1" >/dev/null || { echo "install_tools: '$1' is required ($2)" >&2; exit 1; }
+}
+
+# fresh NAME VALUE: true when the part NAME was already installed with this exact VALUE.
+fresh() { [ -f "$TOOLS/stamps/$1" ] && [ "$(cat "$TOOLS/stamps/$1")" = "$2" ]; }
+stamp() { printf '%s' "$2" >"$TOOLS/stamps/$1"; }
+
+# module_dir MODULE@VERSION: download a Go module (cached) and print its source folder.
+module_dir() {
+  go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'
+}
+
+python_with_yaml() {
+  for py in "${PYTHON:-}" "$REPO/.venv/bin/python" python3; do
+    if [ -n "$py" ] && "$py" -c 'import pip, yaml' 2>/dev/null; then echo "$py"; return; fi
+  done
+  echo "install_tools: need a Python with pip and PyYAML (run scripts/setup.sh or set PYTHON)" >&2
+  exit 1
+}
+
+install_helm() {
+  fresh helm "$HELM_VERSION" && [ -x "$TOOLS/bin/helm" ] && return
+  need go "Go 1.26+ builds helm from the Go module proxy"
+  local dir k8s_minor
+  dir=$(module_dir "helm.sh/helm/v3@$HELM_VERSION")
+  # Helm's release build sets the default Kubernetes capabilities from its client-go
+  # version (v0.X.Y -> 1.X); do the same so `helm version` and defaults match a release.
+  k8s_minor=$(sed -n 's/^[[:space:]]*k8s.io\/client-go v0\.\([0-9]*\)\..*/\1/p' "$dir/go.mod")
+  local p=helm.sh/helm/v3
+  GOBIN="$TOOLS/bin" go install -trimpath -ldflags "-s -w \
+    -X $p/internal/version.version=$HELM_VERSION \
+    -X $p/internal/version.gitTreeState=clean \
+    -X $p/pkg/lint/rules.k8sVersionMajor=1 -X $p/pkg/lint/rules.k8sVersionMinor=$k8s_minor \
+    -X $p/pkg/chartutil.k8sVersionMajor=1 -X $p/pkg/chartutil.k8sVersionMinor=$k8s_minor" \
+    "$p/cmd/helm@$HELM_VERSION"
+  stamp helm "$HELM_VERSION"
+}
+
+install_kubeconform() {
+  fresh kubeconform "$KUBECONFORM_VERSION" && [ -x "$TOOLS/bin/kubeconform" ] && return
+  need go "Go 1.26+ builds kubeconform from the Go module proxy"
+  GOBIN="$TOOLS/bin" go install -trimpath -ldflags "-s -w -X main.version=$KUBECONFORM_VERSION" \
+    "github.com/yannh/kubeconform/cmd/kubeconform@$KUBECONFORM_VERSION"
+  stamp kubeconform "$KUBECONFORM_VERSION"
+}
+
+install_core_schemas() {
+  local want="$K8S_SCHEMAS_WHEEL $KUBE_VERSION $KUBE_MIN_VERSION"
+  fresh k8s-schemas "$want" && return
+  local py req wheel
+  py=$(python_with_yaml)
+  req="$TOOLS/downloads/k8s-schemas.txt"
+  printf '%s --hash=sha256:%s\n' "$K8S_SCHEMAS_WHEEL" "$K8S_SCHEMAS_SHA256" >"$req"
+  "$py" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+    --require-hashes -r "$req" -d "$TOOLS/downloads"
+  wheel=$(ls "$TOOLS"/downloads/kubernetes_validate-"${K8S_SCHEMAS_WHEEL#*==}"-*.whl)
+  rm -rf "$TOOLS/schemas/k8s"
+  for v in $KUBE_VERSION $KUBE_MIN_VERSION; do
+    "$py" "$REPO/scripts/k8s_schemas.py" core "$wheel" "$v" "$TOOLS/schemas/k8s"
+  done
+  stamp k8s-schemas "$want"
+}
+
+install_crd_schemas() {
+  local want="prometheus-operator $PROMETHEUS_OPERATOR_VERSION gateway-api $GATEWAY_API_VERSION"
+  fresh crd-schemas "$want" && return
+  need go "the CRDs come from Go modules"
+  local py prom gw
+  py=$(python_with_yaml)
+  prom=$(module_dir "github.com/prometheus-operator/prometheus-operator@$PROMETHEUS_OPERATOR_VERSION")
+  gw=$(module_dir "sigs.k8s.io/gateway-api@$GATEWAY_API_VERSION")
+  rm -rf "$TOOLS/schemas/crds"
+  "$py" "$REPO/scripts/k8s_schemas.py" crd \
+    "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
+    "$gw/config/crd/standard/gateway.networking.k8s.io_grpcroutes.yaml" \
+    "$TOOLS/schemas/crds"
+  stamp crd-schemas "$want"
+}
+
+install_helm
+install_kubeconform
+install_core_schemas
+install_crd_schemas
+echo "install_tools: helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION," \
+  "Kubernetes schemas v$KUBE_VERSION and v$KUBE_MIN_VERSION in $TOOLS"

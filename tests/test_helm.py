@@ -1,0 +1,265 @@
+"""The Helm chart and the image, checked the way a reviewer would.
+
+Renders helm/csm-serve with the pinned helm binary that scripts/install_tools.sh builds
+(in $CSM_TOOLS_DIR, default /work/main/.cache/tools). Without it the tests skip on a
+developer machine and fail under CI=true.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tomllib
+from fnmatch import fnmatch
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "csm-serve"
+PRODUCTION = CHART / "examples" / "values-production.yaml"
+ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
+PINS = dict(
+    line.split("=", 1)
+    for line in (REPO / "scripts" / "k8s-tools.env").read_text().splitlines()
+    if line and not line.startswith("#")
+)
+TOOLS = Path(os.environ.get("CSM_TOOLS_DIR", "/work/main/.cache/tools"))
+HELM = TOOLS / "bin" / "helm"
+OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
+                  "Ingress", "GRPCRoute", "NetworkPolicy", "PersistentVolumeClaim"}
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    if not os.access(HELM, os.X_OK):
+        message = f"{HELM} not found: run scripts/install_tools.sh (or set CSM_TOOLS_DIR)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return HELM
+
+
+def run_template(helm: Path, tmp_path: Path, *files: Path, **values) -> subprocess.CompletedProcess:
+    args = [str(helm), "template", "csm", str(CHART), "--namespace", "csm",
+            "--kube-version", PINS["KUBE_VERSION"]]
+    for f in files:
+        args += ["--values", str(f)]
+    if values:
+        extra = tmp_path / "extra-values.yaml"
+        extra.write_text(yaml.safe_dump(values))
+        args += ["--values", str(extra)]
+    env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "hc"),
+           "HELM_CONFIG_HOME": str(tmp_path / "hcfg"), "HELM_DATA_HOME": str(tmp_path / "hd")}
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+
+
+def render(helm: Path, tmp_path: Path, *files: Path, **values) -> list[dict]:
+    done = run_template(helm, tmp_path, *files, **values)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def one(docs: list[dict], kind: str, name: str = "csm-csm-serve") -> dict:
+    found = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, got {len(found)}"
+    return found[0]
+
+
+def server_container(docs: list[dict]) -> dict:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+
+
+def flag(container: dict, name: str) -> str:
+    values = [a.split("=", 1)[1] for a in container["args"] if a.startswith(f"--{name}=")]
+    assert len(values) == 1, f"--{name} given {len(values)} times in {container['args']}"
+    return values[0]
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_gpu_limit_is_set(helm, tmp_path, files):
+    limits = server_container(render(helm, tmp_path, *files))["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_probes_are_grpc_health_checks_on_the_grpc_port(helm, tmp_path, files):
+    docs = render(helm, tmp_path, *files)
+    container = server_container(docs)
+    grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}["grpc"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == grpc_port, probe
+    startup = container["startupProbe"]
+    assert startup["failureThreshold"] * startup["periodSeconds"] >= 600, "too impatient for a download"
+    service_port = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}["grpc"]
+    assert service_port["appProtocol"] == "grpc" and service_port["targetPort"] == "grpc"
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_grace_period_outlasts_prestop_and_drain(helm, tmp_path, files):
+    docs = render(helm, tmp_path, *files)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    drain = int(flag(container, "drain-grace-s"))
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop > 0
+    assert pod["terminationGracePeriodSeconds"] > pre_stop + drain
+    live = container["livenessProbe"]
+    assert live["failureThreshold"] * live["periodSeconds"] > drain
+
+
+def test_default_render_has_no_optional_objects(helm, tmp_path):
+    kinds = {d["kind"] for d in render(helm, tmp_path)}
+    assert kinds == {"Deployment", "Service", "ServiceAccount", "Pod"}
+
+
+@pytest.mark.parametrize("values, kind", [
+    ({"autoscaling": {"enabled": True}}, "HorizontalPodAutoscaler"),
+    ({"podDisruptionBudget": {"enabled": True}}, "PodDisruptionBudget"),
+    ({"serviceMonitor": {"enabled": True}}, "ServiceMonitor"),
+    ({"ingress": {"enabled": True, "hosts": ["tts.example.com"]}}, "Ingress"),
+    ({"grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}, "GRPCRoute"),
+    ({"networkPolicy": {"enabled": True}}, "NetworkPolicy"),
+    ({"modelCache": {"type": "pvc"}}, "PersistentVolumeClaim"),
+])
+def test_optional_object_renders_only_when_enabled(helm, tmp_path, values, kind):
+    kinds = {d["kind"] for d in render(helm, tmp_path, **values)}
+    assert kinds & OPTIONAL_KINDS == {kind}
+
+
+def test_headless_service_only_when_enabled(helm, tmp_path):
+    assert [d for d in render(helm, tmp_path) if d["kind"] == "Service"][0]["spec"].get("clusterIP") != "None"
+    docs = render(helm, tmp_path, service={"headless": {"enabled": True}})
+    assert one(docs, "Service", "csm-csm-serve-headless")["spec"]["clusterIP"] == "None"
+
+
+def test_autoscaling_drops_fixed_replicas_and_scales_on_queue_depth(helm, tmp_path):
+    docs = render(helm, tmp_path, PRODUCTION)
+    assert "replicas" not in one(docs, "Deployment")["spec"]
+    metric = one(docs, "HorizontalPodAutoscaler")["spec"]["metrics"][0]
+    assert metric["type"] == "Pods"
+    assert metric["pods"]["metric"]["name"] == "csm_num_requests_waiting"
+
+
+def test_production_flags_and_secrets(helm, tmp_path):
+    container = server_container(render(helm, tmp_path, PRODUCTION))
+    assert flag(container, "model") == "sesame/csm-1b"
+    assert flag(container, "dtype") == "bfloat16"
+    assert flag(container, "auth-tokens-file") == "/etc/csm-serve/auth/tokens"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "HF_TOKEN"}
+    assert "value" not in env["HF_TOKEN"]
+
+
+def test_pod_is_locked_down_with_writable_cache_and_tmp(helm, tmp_path):
+    docs = render(helm, tmp_path)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    hf_home = {e["name"]: e.get("value") for e in container["env"]}["HF_HOME"]
+    assert hf_home.startswith(next(p for p, n in mounts.items() if n == "model-cache"))
+
+
+@pytest.mark.parametrize("values, needle", [
+    ({"server": {"maxSlots": "eight"}}, "maxSlots"),
+    ({"server": {"maxSlot": 8}}, "maxSlot"),
+    ({"gpu": {"count": -1}}, "count"),
+    ({"autoscaling": {"metric": "gpu"}}, "metric"),
+])
+def test_schema_rejects_bad_values(helm, tmp_path, values, needle):
+    done = run_template(helm, tmp_path, **values)
+    assert done.returncode != 0
+    assert "schema" in done.stderr and needle in done.stderr, done.stderr
+
+
+def test_liveness_shorter_than_drain_is_refused(helm, tmp_path):
+    done = run_template(helm, tmp_path, server={"drainGraceSeconds": 120})
+    assert done.returncode != 0 and "drainGraceSeconds" in done.stderr, done.stderr
+
+
+def test_check_helm_script_passes(helm):
+    done = subprocess.run(["bash", str(REPO / "scripts" / "check_helm.sh")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_rendered_flags_parse_with_the_server_cli(helm, tmp_path, files):
+    from server.cli import build_parser
+
+    container = server_container(render(helm, tmp_path, *files))
+    args = build_parser().parse_args(container["args"])
+    assert args.port == container["ports"][0]["containerPort"]
+    assert args.watermark is True
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_notes_tell_how_to_call_the_service(helm, tmp_path, files):
+    # helm template skips NOTES.txt: render its text through a copy of the chart.
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    notes = (chart / "templates" / "NOTES.txt").read_text()
+    (chart / "templates" / "notes.yaml").write_text(
+        '{{- define "notes" }}' + notes + '{{- end }}\nnotes: |\n{{ include "notes" . | indent 2 }}\n')
+    args = [str(helm), "template", "csm", str(chart), "--show-only", "templates/notes.yaml",
+            "--kube-version", PINS["KUBE_VERSION"], *[a for f in files for a in ("--values", str(f))]]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    text = yaml.safe_load(done.stdout)["notes"]
+    assert "grpcurl -plaintext" in text and "csm.v1.Speech/SynthesizeUnary" in text
+    assert "csm-say " in text and "port-forward svc/csm-csm-serve 50051:50051" in text
+    assert ("$CSM_TOKEN" in text) == bool(files)
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1] if " " in ln else "") for ln in lines]
+
+
+def docker_ignored(path: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics: the last pattern matching the path or a parent decides."""
+    parts = path.strip("/").split("/")
+    candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        glob = pattern.lstrip("!").strip("/")
+        if any(fnmatch(c, glob) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_copies_existing_files_not_dockerignored():
+    patterns = [ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")]
+    copies = [shlex.split(arg) for op, arg in dockerfile_instructions() if op == "COPY"]
+    assert copies, "the Dockerfile copies nothing"
+    for args in copies:
+        if any(a.startswith("--from") for a in args):
+            continue
+        for source in [a for a in args[:-1] if not a.startswith("--")]:
+            assert (REPO / source).exists(), f"Dockerfile copies {source}, which is not in the repo"
+            assert not docker_ignored(source, patterns), f".dockerignore excludes {source}"
+
+
+def test_dockerfile_runs_the_installed_command_as_non_root():
+    instructions = dockerfile_instructions()
+    entrypoints = [arg for op, arg in instructions if op == "ENTRYPOINT"]
+    assert entrypoints and yaml.safe_load(entrypoints[-1]) == ["csm-serve"]
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"].get("scripts", {})
+    assert "csm-serve" in scripts, "pyproject.toml [project.scripts] must install csm-serve"
+    user = [arg for op, arg in instructions if op == "USER"][-1]
+    assert re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", user), "USER must be a numeric non-root id"
+    assert any(op == "VOLUME" and "/cache" in arg for op, arg in instructions)
