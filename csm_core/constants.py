@@ -7,6 +7,7 @@ FRAME_RATE_HZ = SAMPLE_RATE / FRAME_SAMPLES
 
 NUM_CODEBOOKS = 32  # Mimi codebooks per frame
 AUDIO_VOCAB_SIZE = 2051  # 2048 codes + special ids
+MIMI_CODEBOOK_SIZE = 2048  # Mimi decodes codes 0..2047; CSM's 3 extra ids are clamped before decoding
 TEXT_COLUMN = 32  # column of the text token in a backbone frame
 FRAME_WIDTH = NUM_CODEBOOKS + 1  # 32 audio columns + 1 text column
 

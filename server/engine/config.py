@@ -1,0 +1,52 @@
+"""Engine configuration: one dataclass, validated on construction, mirrored by csm-serve flags."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    model: str = "bench"  # preset name, local checkpoint dir or hub id
+    device: str = "auto"
+    dtype: str = "auto"
+    max_slots: int = 8  # requests decoded together (rows of the backbone KV cache)
+    max_queue: int = 64  # requests that may wait for a slot; more -> QueueFull
+    watermark: bool = True
+    watermark_key: tuple[int, ...] = CSM_PUBLIC_WATERMARK_KEY
+    watermark_weights: str | None = None  # dir / hub id; None: hub for real models, random for presets
+    mimi_weights: str | None = None  # file / dir / hub id; None: hub for real models, random for presets
+    tokenizer: str | None = None  # tokenizer.json / dir / hub id; None: offline for presets, Llama-3.2 otherwise
+    # Scheduling
+    prefill_chunk: int = 64  # prompt positions per prefill call (chunks are aligned to multiples)
+    prefill_budget: int = 128  # prompt positions prefilled per engine step, across requests
+    max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
+    exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
+    # Output
+    watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
+    watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)
+    # Request limits
+    max_text_chars: int = 2000
+    max_context_segments: int = 16
+    max_speaker_id: int = 31
+    max_audio_ms: int = 90_000
+    default_max_audio_ms: int = 20_000
+    max_context_audio_s: float = 120.0
+    seed: int = 0  # seed of random weights for presets
+
+    def __post_init__(self) -> None:
+        positive = ("max_slots", "prefill_chunk", "prefill_budget", "watermark_first_chunk_frames",
+                    "watermark_chunk_frames", "max_text_chars", "max_audio_ms", "default_max_audio_ms")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue < 0:
+            raise ValueError("max_queue must be >= 0")
+        if self.prefill_budget < self.prefill_chunk:
+            raise ValueError("prefill_budget must be at least prefill_chunk")
+        if self.default_max_audio_ms > self.max_audio_ms:
+            raise ValueError("default_max_audio_ms must not exceed max_audio_ms")
+        if len(self.watermark_key) != 5 or not all(0 <= k <= 255 for k in self.watermark_key):
+            raise ValueError("watermark_key must be 5 integers in [0, 255]")

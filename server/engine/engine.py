@@ -1,0 +1,372 @@
+"""The engine: one thread that owns the model and steps every active request together.
+
+    step():  schedule()  ->  runner.run()  ->  postprocess()
+
+`submit` (any thread) validates a request, tokenizes it and queues it; the engine thread
+Mimi-encodes context audio, admits requests into free slots and streams their audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import torch
+
+from csm_core.audio_io import resample
+from csm_core.checkpoint import load_model
+from csm_core.constants import FRAME_MS, FRAME_RATE_HZ, FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
+from csm_core.framing import Segment, audio_prompt_len, build_prompt
+from csm_core.mimi import MimiCodec
+from csm_core.sampling import SamplingParams
+from csm_core.text import OFFLINE_TOKENIZER, load_tokenizer
+from csm_core.watermark import Watermarker
+from server.engine.config import EngineConfig
+from server.engine.output import OutputStage
+from server.engine.request import Request, RequestStatus
+from server.engine.runner import ModelRunner
+from server.engine.scheduler import Scheduler
+from server.engine.stream import RequestStream
+from server.engine.types import (
+    EngineInfo, EngineLimits, EngineStats, EngineUnavailable, FinishReason, InvalidRequest, QueueFull,
+    StepStats, SynthesisParams, Violation,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Engine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        lm = load_model(config.model, config.device, config.dtype, seed=config.seed)
+        self.loaded = lm
+        model = lm.model
+        device = model.audio_head.device
+        exact = config.exact if config.exact is not None else device.type == "cpu"
+        model.set_exact(exact)
+        is_preset = lm.layout == "preset"
+        if is_preset:
+            log.warning(
+                "MODEL %r HAS RANDOM WEIGHTS: the audio it generates is NOISE (offline demo / benchmark). "
+                "Pass --model sesame/csm-1b (or a local checkpoint) for speech.", config.model,
+            )
+        self.tokenizer = load_tokenizer(config.tokenizer or (OFFLINE_TOKENIZER if is_preset else None))
+        mimi_src = config.mimi_weights or ("random" if is_preset else None)
+        self.mimi = MimiCodec.load(mimi_src, device)
+        self.watermarker = None
+        if config.watermark:
+            wm_src = config.watermark_weights or ("random" if is_preset else None)
+            self.watermarker = Watermarker.load(wm_src, str(device), key=tuple(config.watermark_key))
+        max_seq = min(config.max_seq_len or lm.config.backbone.max_seq_len, lm.config.backbone.max_seq_len)
+        self.runner = ModelRunner(model, self.mimi, config.max_slots, max_seq)
+        self.scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget)
+        self.output = OutputStage(self.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames)
+        self.limits = EngineLimits(
+            max_slots=config.max_slots, max_queue=config.max_queue, max_seq_len=max_seq,
+            max_text_chars=config.max_text_chars, max_context_segments=config.max_context_segments,
+            max_speaker_id=config.max_speaker_id, max_audio_ms=config.max_audio_ms,
+            default_max_audio_ms=config.default_max_audio_ms, max_context_audio_s=config.max_context_audio_s,
+        )
+        self._info = EngineInfo(
+            model_source=config.model, preset=lm.preset, random_weights=lm.random_weights, device=str(device),
+            dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+            backbone_layers=lm.config.backbone.num_layers, backbone_dim=lm.config.backbone.embed_dim,
+            decoder_layers=lm.config.decoder.num_layers, decoder_dim=lm.config.decoder.embed_dim,
+            num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
+            frame_samples=FRAME_SAMPLES, watermark_enabled=self.watermarker is not None, limits=self.limits,
+        )
+        self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._num_queued = 0  # submitted, not yet admitted
+        self._wakeup = threading.Event()
+        self._observers: list[Callable[[StepStats], None]] = []
+        self._thread: threading.Thread | None = None
+        self._stop = False
+        self._ready = threading.Event()
+        self._accepting = False
+        self._requests: dict[str, Request] = {}  # engine thread only
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="csm-engine", daemon=True)
+        self._thread.start()
+        threading.Thread(target=self._warm_up, name="csm-warmup", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        t0 = time.monotonic()
+        stream = self._enqueue(SynthesisParams(text="warm up", max_audio_ms=2 * FRAME_MS, seed=0, request_id="warmup"))
+        for _ in stream:
+            pass
+        self._accepting = True
+        self._ready.set()
+        log.info("engine ready in %.1f s (%s, %s, %d slots)", time.monotonic() - t0, self._info.device,
+                 self._info.dtype, self.config.max_slots)
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self._accepting
+
+    def drain(self, grace_s: float) -> bool:
+        """Stop admitting new work; wait up to grace_s for in-flight requests to finish."""
+        self._accepting = False
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if self._num_queued == 0 and not self.scheduler.running:
+                self.output.flush()
+                return True
+            time.sleep(0.05)
+        return False
+
+    def shutdown(self) -> None:
+        self._accepting = False
+        self._stop = True
+        self._wakeup.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self.output.close()
+
+    def add_step_observer(self, fn: Callable[[StepStats], None]) -> None:
+        self._observers.append(fn)
+
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def stats(self) -> EngineStats:
+        running = list(self.scheduler.running)
+        prefilling = sum(r.status is RequestStatus.PREFILLING for r in running)
+        return EngineStats(
+            slots_in_use=len(running), max_slots=self.config.max_slots, requests_waiting=self._num_queued,
+            requests_prefilling=prefilling, requests_decoding=len(running) - prefilling,
+        )
+
+    # -- submission (any thread) -------------------------------------------------------
+    def submit(self, params: SynthesisParams) -> RequestStream:
+        if not self.ready:
+            raise EngineUnavailable("the server is warming up or draining; retry shortly or on another replica")
+        return self._enqueue(params)
+
+    def _enqueue(self, params: SynthesisParams) -> RequestStream:
+        prompt_len, max_frames = self._validate(params)
+        with self._lock:
+            if self._num_queued >= self.config.max_queue + self.scheduler.slots.num_slots - len(self.scheduler.running):
+                retry = max(1.0, self._num_queued * 0.5)
+                raise QueueFull(f"{self._num_queued} requests are waiting (limit {self.config.max_queue}); "
+                                f"retry in about {retry:.0f} s or use another replica", retry)
+            self._num_queued += 1
+        rid = params.request_id or uuid.uuid4().hex
+        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        stream = RequestStream(rid, self._cancel)
+        req = Request(id=rid, params=params, stream=stream, prompt_len=prompt_len, max_frames=max_frames, seed=seed)
+        self._incoming.put(req)
+        self._wakeup.set()
+        return stream
+
+    def _cancel(self, request_id: str) -> None:
+        with self._lock:
+            self._cancelled.add(request_id)
+        self._wakeup.set()
+
+    def _validate(self, p: SynthesisParams) -> tuple[int, int]:
+        """Checks everything that can be known before the engine thread sees the request.
+        Returns (estimated prompt length, max frames)."""
+        lim, v = self.limits, []
+        if not p.text.strip():
+            v.append(Violation("text", "must not be empty"))
+        elif len(p.text) > lim.max_text_chars:
+            v.append(Violation("text", f"{len(p.text)} characters; at most {lim.max_text_chars} are accepted"))
+        if not 0 <= p.speaker <= lim.max_speaker_id:
+            v.append(Violation("speaker", f"{p.speaker} is outside [0, {lim.max_speaker_id}]"))
+        try:
+            SamplingParams(p.temperature, p.top_k)
+        except ValueError as e:
+            field = "sampling.temperature" if "temperature" in str(e) else "sampling.top_k"
+            v.append(Violation(field, str(e)))
+        max_ms = p.max_audio_ms if p.max_audio_ms is not None else lim.default_max_audio_ms
+        if not FRAME_MS <= max_ms <= lim.max_audio_ms:
+            v.append(Violation("max_audio_ms", f"{max_ms} is outside [{FRAME_MS}, {lim.max_audio_ms}]"))
+        if not 8000 <= p.output_sample_rate <= 48000:
+            v.append(Violation("output.sample_rate", f"{p.output_sample_rate} Hz is outside [8000, 48000]"))
+        if len(p.context) > lim.max_context_segments:
+            v.append(Violation("context", f"{len(p.context)} segments; at most {lim.max_context_segments}"))
+        prompt_len = len(self.tokenizer.encode_turn(p.speaker, p.text))
+        for i, seg in enumerate(p.context[: lim.max_context_segments]):
+            if not seg.text.strip():
+                v.append(Violation(f"context[{i}].text", "must not be empty"))
+            if not 0 <= seg.speaker <= lim.max_speaker_id:
+                v.append(Violation(f"context[{i}].speaker", f"{seg.speaker} is outside [0, {lim.max_speaker_id}]"))
+            prompt_len += len(self.tokenizer.encode_turn(seg.speaker, seg.text))
+            if seg.audio is not None:
+                seconds = len(seg.audio) / seg.sample_rate if seg.sample_rate > 0 else 0
+                if seg.audio.ndim != 1 or len(seg.audio) == 0:
+                    v.append(Violation(f"context[{i}].audio", "must be non-empty mono audio"))
+                elif seconds > lim.max_context_audio_s:
+                    v.append(Violation(f"context[{i}].audio",
+                                       f"{seconds:.1f} s is longer than the {lim.max_context_audio_s:.0f} s accepted"))
+                else:
+                    prompt_len += audio_prompt_len(math.ceil(seconds * SAMPLE_RATE / FRAME_SAMPLES))
+        max_frames = math.ceil(max_ms / FRAME_MS)
+        if not v and prompt_len + max_frames > lim.max_seq_len:
+            room = (lim.max_seq_len - prompt_len) * FRAME_MS
+            hint = (f"lower max_audio_ms to at most {room}" if room >= FRAME_MS
+                    else "shorten the context (fewer or shorter segments)")
+            v.append(Violation("max_audio_ms", f"the prompt takes {prompt_len} of {lim.max_seq_len} positions and "
+                                               f"{max_frames} frames do not fit: {hint}"))
+        if v:
+            raise InvalidRequest(v)
+        return prompt_len, max_frames
+
+    # -- engine thread -----------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while not self._stop:
+            self._intake()
+            self._apply_cancellations()
+            if not self.scheduler.running and not self.scheduler.waiting:
+                self._wakeup.wait(0.1)
+                self._wakeup.clear()
+                continue
+            try:
+                self.step()
+            except Exception:  # a fault in the batched step: fail the batch, keep serving
+                log.exception("engine step failed; failing the requests in flight")
+                for req in list(self.scheduler.running):
+                    self._finish(req, FinishReason.ERROR, "internal error in the engine step")
+        for req in list(self._requests.values()):
+            self._finish(req, FinishReason.CANCELLED, "server shut down")
+
+    def step(self) -> StepStats:
+        t0 = time.perf_counter()
+        plan = self.scheduler.schedule()
+        for req in plan.admitted:
+            req.t_admitted = time.monotonic()
+            with self._lock:
+                self._num_queued -= 1
+            self.runner.on_admitted(req)
+        result = self.runner.run(plan)
+        finished = self._postprocess(plan, result)
+        stats = StepStats(
+            duration_s=time.perf_counter() - t0, decoding=len(result.producers),
+            prefill_tokens=plan.num_prefill_tokens, frames=sum(not e for e in result.eos),
+            breakdown_s={**result.timings, "other": (time.perf_counter() - t0) - sum(result.timings.values())},
+            finished=tuple(finished),
+        )
+        for fn in self._observers:
+            fn(stats)
+        return stats
+
+    def _postprocess(self, plan, result) -> list[FinishReason]:
+        finished = []
+        for req, err in result.failed:
+            self._finish(req, FinishReason.ERROR, err)
+            finished.append(FinishReason.ERROR)
+        for chunk in plan.prefill:
+            if not chunk.request.finished:
+                chunk.request.num_prefilled = chunk.end
+        for i, req in enumerate(result.producers):
+            req.status = RequestStatus.DECODING
+            if result.eos[i]:
+                self._finish(req, FinishReason.EOS)
+                finished.append(FinishReason.EOS)
+                continue
+            req.num_frames += 1
+            self.output.frame(req, result.pcm[i])
+            if req.num_frames >= req.max_frames:
+                self._finish(req, FinishReason.LENGTH)
+                finished.append(FinishReason.LENGTH)
+        return finished
+
+    def _finish(self, req: Request, reason: FinishReason, error: str | None = None) -> None:
+        if req.finished:
+            return
+        if req.status is RequestStatus.WAITING and req in self.scheduler.waiting:
+            with self._lock:
+                self._num_queued -= 1
+        self.scheduler.finish(req)
+        req.finish_reason, req.error = reason, error
+        req.t_finished = time.monotonic()
+        req.state = None
+        self._requests.pop(req.id, None)
+        if error:
+            log.warning("request %s failed: %s", req.id, error)
+        self.output.finish(req)
+
+    def _intake(self) -> None:
+        new: list[Request] = []
+        while True:
+            try:
+                new.append(self._incoming.get_nowait())
+            except queue.Empty:
+                break
+        if not new:
+            return
+        for req in new:
+            self._requests[req.id] = req
+        self._prepare(new)
+
+    def _prepare(self, reqs: list[Request]) -> None:
+        """Resample and Mimi-encode context audio (one batched call), build prompts, queue."""
+        waves, keys = [], []
+        for req in reqs:
+            for i, seg in enumerate(req.params.context):
+                if seg.audio is not None:
+                    try:
+                        waves.append(resample(torch.from_numpy(seg.audio).float(), seg.sample_rate, SAMPLE_RATE))
+                        keys.append((req, i))
+                    except Exception as e:
+                        self._fail_unqueued(req, f"context[{i}].audio could not be resampled: {e}")
+        codes: dict[tuple[int, int], torch.Tensor] = {}
+        try:
+            encoded = self.mimi.encode([w.to(self.mimi.device) for w in waves]) if waves else []
+            codes = {(id(r), i): c for (r, i), c in zip(keys, encoded)}
+        except Exception:
+            for w, (req, i) in zip(waves, keys):  # one at a time, to fail only the bad one
+                try:
+                    codes[(id(req), i)] = self.mimi.encode([w.to(self.mimi.device)])[0]
+                except Exception as e:
+                    self._fail_unqueued(req, f"context[{i}].audio could not be encoded: {e}")
+        for req in reqs:
+            segs = [Segment(seg.speaker, seg.text, codes.get((id(req), i)) if seg.audio is not None else None)
+                    for i, seg in enumerate(req.params.context)]
+            if req.finished:
+                continue
+            try:
+                prompt = build_prompt(self.tokenizer, segs, req.params.speaker, req.params.text)
+                if len(prompt) + req.max_frames > self.limits.max_seq_len:
+                    raise ValueError(f"prompt of {len(prompt)} positions plus {req.max_frames} frames exceeds "
+                                     f"{self.limits.max_seq_len}")
+                req.prompt_len = len(prompt)
+                sampling = SamplingParams(req.params.temperature, req.params.top_k)
+                self.runner.start_request(req, prompt, sampling)
+            except Exception as e:
+                self._fail_unqueued(req, f"request could not be prepared: {e}")
+                continue
+            self.scheduler.add(req)
+
+    def _fail_unqueued(self, req: Request, error: str) -> None:
+        if req.finished:
+            return
+        with self._lock:
+            self._num_queued -= 1
+        req.status = RequestStatus.FINISHED
+        req.finish_reason, req.error, req.t_finished = FinishReason.ERROR, error, time.monotonic()
+        self._requests.pop(req.id, None)
+        log.warning("request %s failed: %s", req.id, error)
+        self.output.finish(req)
+
+    def _apply_cancellations(self) -> None:
+        with self._lock:
+            ids, self._cancelled = self._cancelled, set()
+        for rid in ids:
+            req = self._requests.get(rid)
+            if req is not None:
+                self._finish(req, FinishReason.CANCELLED)
