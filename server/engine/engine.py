@@ -87,6 +87,7 @@ class Engine:
         self._num_queued = 0  # submitted, not yet admitted
         self._wakeup = threading.Event()
         self._observers: list[Callable[[StepStats], None]] = []
+        self._frame_observers: list[Callable[[str, torch.Tensor], None]] = []
         self._thread: threading.Thread | None = None
         self._stop = False
         self._ready = threading.Event()
@@ -137,6 +138,10 @@ class Engine:
 
     def add_step_observer(self, fn: Callable[[StepStats], None]) -> None:
         self._observers.append(fn)
+
+    def add_frame_observer(self, fn: Callable[[str, torch.Tensor], None]) -> None:
+        """fn(request_id, codes [32] on CPU) for every generated frame (debugging, tests)."""
+        self._frame_observers.append(fn)
 
     def info(self) -> EngineInfo:
         return self._info
@@ -279,6 +284,8 @@ class Engine:
                 finished.append(FinishReason.EOS)
                 continue
             req.num_frames += 1
+            for fn in self._frame_observers:
+                fn(req.id, req.state.last_frame.cpu())
             self.output.frame(req, result.pcm[i])
             if req.num_frames >= req.max_frames:
                 self._finish(req, FinishReason.LENGTH)
