@@ -1,0 +1,75 @@
+"""Scheduler bookkeeping with plain stand-in requests (no torch, no model)."""
+
+import pytest
+
+from server.engine.request import Request, RequestStatus
+from server.engine.scheduler import Scheduler, SlotPool
+from server.engine.types import SynthesisParams
+
+
+class FakeStream:
+    def push(self, ev):
+        pass
+
+
+def req(rid, prompt_len):
+    return Request(id=rid, params=SynthesisParams(text="x"), stream=FakeStream(), prompt_len=prompt_len,
+                   max_frames=10, seed=0)
+
+
+def test_slot_pool_verbs():
+    pool = SlotPool(2)
+    assert pool.can_allocate()
+    a, b = pool.allocate(), pool.allocate()
+    assert (a, b) == (0, 1) and not pool.can_allocate() and pool.num_used == 2
+    pool.free(a)
+    assert pool.allocate() == 0
+    with pytest.raises(ValueError):
+        pool.free(5)
+
+
+def test_fifo_admission_and_chunked_prefill_under_budget():
+    s = Scheduler(num_slots=2, prefill_chunk=16, prefill_budget=32)
+    long, short, third = req("long", 70), req("short", 10), req("third", 5)
+    for r in (long, short, third):
+        s.add(r)
+    plan = s.schedule()
+    assert [r.id for r in plan.admitted] == ["long", "short"] and s.num_waiting == 1
+    assert [(c.start, c.end) for c in plan.prefill] == [(0, 16), (16, 32)]  # budget spent on the oldest
+    long.num_prefilled = 32
+    plan = s.schedule()
+    assert [(c.request.id, c.start, c.end) for c in plan.prefill] == [("long", 32, 48), ("long", 48, 64)]
+    long.num_prefilled = 64
+    plan = s.schedule()
+    assert [(c.request.id, c.start, c.end) for c in plan.prefill] == [("long", 64, 70), ("short", 0, 10)]
+    assert all(c.completes_prompt for c in plan.prefill)
+    long.status = short.status = RequestStatus.DECODING
+    plan = s.schedule()
+    assert [r.id for r in plan.decode] == ["long", "short"] and not plan.prefill
+    s.finish(long)
+    plan = s.schedule()
+    assert [r.id for r in plan.admitted] == ["third"] and third.slot == long.slot
+    assert [r.id for r in plan.decode] == ["short"] and plan.prefill[0].request is third
+
+
+def test_decoding_never_waits_for_prefill():
+    s = Scheduler(num_slots=3, prefill_chunk=8, prefill_budget=8)
+    a = req("a", 4)
+    s.add(a)
+    s.schedule()
+    a.num_prefilled, a.status = 4, RequestStatus.DECODING
+    s.add(req("big", 100))
+    for _ in range(5):
+        plan = s.schedule()
+        assert plan.decode == [a] and plan.num_prefill_tokens == 8
+        plan.prefill[0].request.num_prefilled = plan.prefill[0].end
+
+
+def test_finish_waiting_request():
+    s = Scheduler(num_slots=1, prefill_chunk=8, prefill_budget=8)
+    a, b = req("a", 4), req("b", 4)
+    s.add(a)
+    s.add(b)
+    s.schedule()
+    s.finish(b)
+    assert b.status is RequestStatus.FINISHED and s.num_waiting == 0
