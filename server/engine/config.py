@@ -24,6 +24,7 @@ class EngineConfig:
     prefill_budget: int = 128  # prompt positions prefilled per engine step, across requests
     max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
+    cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
     # Output
     watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
     watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)

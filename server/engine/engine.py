@@ -64,7 +64,7 @@ class Engine:
             wm_src = config.watermark_weights or ("random" if is_preset else None)
             self.watermarker = Watermarker.load(wm_src, str(device), key=tuple(config.watermark_key))
         max_seq = min(config.max_seq_len or lm.config.backbone.max_seq_len, lm.config.backbone.max_seq_len)
-        self.runner = ModelRunner(model, self.mimi, config.max_slots, max_seq)
+        self.runner = ModelRunner(model, self.mimi, config.max_slots, max_seq, config.cuda_graphs)
         self.scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget)
         self.output = OutputStage(self.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames)
         self.limits = EngineLimits(

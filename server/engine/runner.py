@@ -42,13 +42,18 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: CSMModel, mimi: MimiCodec, max_slots: int, max_seq: int):
+    def __init__(self, model: CSMModel, mimi: MimiCodec, max_slots: int, max_seq: int, cuda_graphs: bool = True):
         self.model = model
         self.mimi = mimi
         self.device = model.audio_head.device
         model.setup_caches(max_slots, max_seq)
         self.max_slots = max_slots
         self.mimi_stream = mimi.stream_decoder(max_slots)
+        self.sample_frames = sample_frames
+        if cuda_graphs and self.device.type == "cuda":
+            from csm_core.cuda_graphs import GraphedFrameSampler
+
+            self.sample_frames = GraphedFrameSampler(model, max_slots)
 
     def start_request(self, req: Request, prompt: Prompt, sampling: SamplingParams) -> None:
         req.state = SlotState(prompt, sampling, make_generator(req.seed, self.device))
@@ -89,7 +94,7 @@ class ModelRunner:
         h = torch.cat(hs)  # [b, dim]
         sampler = BatchSampler([r.state.sampling for r in producers], self.device)
         noise = torch.stack([draw_frame_noise(r.state.generator, self.device) for r in producers])
-        codes = sample_frames(self.model, h, sampler, noise)  # [b, 32]
+        codes = self.sample_frames(self.model, h, sampler, noise)  # [b, 32]
         eos = (codes == 0).all(dim=1).tolist()  # the step's one host sync
         t2 = time.perf_counter()
         timings["depth"] = t2 - t1
