@@ -1,0 +1,81 @@
+"""A real csm.v1 server on 127.0.0.1, in this process, on its own event loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+import urllib.request
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from server.app import ServerConfig, SpeechServer
+
+
+class LoopbackServer:
+    def __init__(self, engine, **config):
+        self._engine = engine
+        self._config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **config})
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-grpc", daemon=True)
+        self.server: SpeechServer | None = None
+
+    def start(self) -> LoopbackServer:
+        self._thread.start()
+        self.server = self.run(self._start())
+        return self
+
+    async def _start(self) -> SpeechServer:
+        server = SpeechServer(self._engine, self._config)
+        await server.start()
+        return server
+
+    def run(self, coro, timeout: float = 60.0):
+        """Runs a coroutine on the server's loop and returns its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics: 'name{label="v",...}' (labels sorted) -> value."""
+        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
+        return samples
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(0))
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
+    """Polls `predicate` until it returns something truthy; returns that value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def long_audio_ms(info) -> int:
+    """A max_audio_ms that keeps a short prompt generating for many seconds on CPU."""
+    return min(info.max_audio_ms, (info.max_seq_len - 100) * 80, 60_000)

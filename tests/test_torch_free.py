@@ -1,0 +1,13 @@
+"""The gRPC layer and the client never import torch (the engine alone owns tensors)."""
+
+import subprocess
+import sys
+
+MODULES = ["client", "client.csm_say", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
+           "server.metrics", "server.auth", "server.errors"]
+
+
+def test_servicer_server_app_and_client_import_without_torch():
+    code = f"import sys\nfor m in {MODULES!r}: __import__(m)\nprint('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "False", "one of these modules pulls in torch: keep tensors in server/engine"
