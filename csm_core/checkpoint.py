@@ -100,7 +100,7 @@ def save_original(model: CSMModel, directory: str | Path, *, legacy_ckpt: bool =
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(model.config.to_json_dict(), indent=2))
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}  # unshare fused views
     if legacy_ckpt:
         torch.save(state, out / "ckpt.pt")
     else:

@@ -55,7 +55,7 @@ FLAVORS: dict[str, LlamaFlavor] = {
     "llama-100M": LlamaFlavor(num_layers=4, num_heads=8, num_kv_heads=2, embed_dim=1024, intermediate_dim=8192),
     # Benchmark / offline demo: one CPU stream runs faster than real time on 2 cores.
     "bench-backbone": LlamaFlavor(num_layers=4, num_heads=8, num_kv_heads=2, embed_dim=512, intermediate_dim=1536),
-    "bench-decoder": LlamaFlavor(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=256, intermediate_dim=768),
+    "bench-decoder": LlamaFlavor(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=128, intermediate_dim=384),
     # Tests: the whole suite runs in minutes on 2 cores.
     "tiny-backbone": LlamaFlavor(
         num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=128, max_seq_len=512

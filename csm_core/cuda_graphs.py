@@ -22,7 +22,7 @@ class _StaticSampler(BatchSampler):
     def __init__(self, rows: int, device):
         self.max_k = AUDIO_VOCAB_SIZE
         self.temperature = torch.ones(rows, 1, device=device)
-        self.kth = torch.zeros(rows, 1, dtype=torch.long, device=device)
+        self.k = torch.ones(rows, 1, dtype=torch.long, device=device)
 
 
 class _Bucket:
@@ -31,7 +31,7 @@ class _Bucket:
         dim = model.config.backbone.embed_dim
         self.rows = rows
         self.h = torch.zeros(rows, dim, device=dev, dtype=model.audio_head.dtype)  # [rows, dim]
-        self.noise = torch.ones(rows, NUM_CODEBOOKS, AUDIO_VOCAB_SIZE, device=dev)  # [rows, 32, vocab]
+        self.noise = torch.ones(rows, NUM_CODEBOOKS, AUDIO_VOCAB_SIZE, device=dev)  # [rows, 32, vocab] (max top-k)
         self.sampler = _StaticSampler(rows, dev)
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -47,11 +47,12 @@ class _Bucket:
         b = h.shape[0]
         self.h[:b].copy_(h)
         self.h[b:].zero_()
-        self.noise[:b].copy_(noise)
+        self.noise.fill_(1.0)
+        self.noise[:b, :, : noise.shape[2]].copy_(noise)
         self.sampler.temperature[:b].copy_(sampler.temperature)
         self.sampler.temperature[b:].fill_(1.0)
-        self.sampler.kth[:b].copy_(sampler.kth)
-        self.sampler.kth[b:].zero_()
+        self.sampler.k[:b].copy_(sampler.k)
+        self.sampler.k[b:].fill_(1)
         self.graph.replay()
         return self.codes[:b].clone()
 

@@ -13,7 +13,7 @@ from csm_core.sampling import BatchSampler
 
 @torch.inference_mode()
 def sample_frames(model: CSMModel, h: torch.Tensor, sampler: BatchSampler, noise: torch.Tensor) -> torch.Tensor:
-    """h [b, backbone_dim], noise [b, 32, vocab] -> codes [b, 32] int64.
+    """h [b, backbone_dim], noise [b, 32, max_k] (csm_core/sampling.py) -> codes [b, 32] int64.
 
     The depth decoder's cache is per frame: position 0 holds the backbone state, position i
     the embedding of codebook i-1, and the state at position i predicts codebook i.

@@ -62,7 +62,7 @@ def generate(
     frames: list[torch.Tensor] = []
     reason = "length"
     for i in range(max_frames):
-        noise = draw_frame_noise(gen, dev).unsqueeze(0)  # [1, 32, vocab]
+        noise = draw_frame_noise(gen, dev, sampling.effective_top_k).unsqueeze(0)  # [1, 32, k]
         codes = sample_frames(model, h, sampler, noise)  # [1, 32]
         if not codes.any():
             reason = "eos"

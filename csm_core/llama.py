@@ -36,13 +36,34 @@ class Linear(nn.Linear):
 
 
 def exact_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    lead, k = x.shape[:-1], x.shape[-1]
-    rows = x.reshape(-1, k)
-    n = rows.shape[0]
+    n = x.numel() // x.shape[-1]
     pad = -n % ROW_MULTIPLE
-    if pad:
-        rows = torch.cat([rows, rows.new_zeros(pad, k)])
+    if not pad:
+        return F.linear(x, weight)
+    lead, k = x.shape[:-1], x.shape[-1]
+    rows = torch.cat([x.reshape(-1, k), x.new_zeros(pad, k)])
     return F.linear(rows, weight)[:n].reshape(*lead, weight.shape[0])
+
+
+def fuse_linears(*linears: nn.Linear) -> torch.Tensor:
+    """Concatenate the weights of linears that read the same input into one matrix and make each
+    original weight a view into it (names and state dict unchanged, one GEMM instead of several).
+    Returns the fused weight [sum(out), in]."""
+    fused = torch.cat([m.weight.detach() for m in linears])
+    start = 0
+    for m in linears:
+        n = m.out_features
+        m.weight = nn.Parameter(fused[start : start + n], requires_grad=False)
+        start += n
+    return fused
+
+
+def _is_fused(fused: torch.Tensor | None, first: nn.Linear) -> bool:
+    return fused is not None and fused.data_ptr() == first.weight.data_ptr() and fused.device == first.weight.device
+
+
+def _linear(x: torch.Tensor, weight: torch.Tensor, exact: bool) -> torch.Tensor:
+    return exact_linear(x, weight) if exact else F.linear(x, weight)
 
 
 class RMSNorm(nn.Module):
@@ -120,6 +141,7 @@ class Attention(nn.Module):
         self.v_proj = Linear(d, self.num_kv_heads * self.head_dim, bias=False)
         self.output_proj = Linear(self.num_heads * self.head_dim, d, bias=False)
         self.rope = (rope,)  # shared, kept out of the state dict and module tree
+        self.wqkv: torch.Tensor | None = None  # fused q/k/v weight, see fuse_linears
         self.cache: SlotKVCache | None = None
         self.exact = False
         # Every row at the same position (the depth decoder): attend with batched matmuls,
@@ -130,10 +152,12 @@ class Attention(nn.Module):
         """x [b, s, dim] for b slots; pos [b, s] positions written into the cache; lengths: per row,
         the number of cache positions the row's last query may see (its last pos + 1)."""
         b, s, _ = x.shape
-        rope = self.rope[0]
-        q = rope(self.q_proj(x).view(b, s, self.num_heads, self.head_dim), pos)
-        k = rope(self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim), pos)
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim)
+        if not _is_fused(self.wqkv, self.q_proj):
+            self.wqkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
+        h, kv = self.num_heads, self.num_kv_heads
+        qkv = _linear(x, self.wqkv, self.exact).view(b, s, h + 2 * kv, self.head_dim)
+        qk = self.rope[0](qkv[:, :, : h + kv], pos)  # q and k heads rotated together
+        q, k, v = qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
         cache = self.cache
         rows = slots.unsqueeze(1).expand(b, s)  # [b, s]
         cache.k[rows, :, pos] = k.to(cache.k.dtype)  # [b, s, kv_heads, head_dim] at (slot, pos)
@@ -158,13 +182,15 @@ class Attention(nn.Module):
         return F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=mask, enable_gqa=True)
 
     def _attend_uniform(self, q: torch.Tensor, slots: torch.Tensor, length: int) -> torch.Tensor:
-        groups = self.num_heads // self.num_kv_heads
-        k = self.cache.k[: q.shape[0], :, :length].repeat_interleave(groups, dim=1)  # [b, heads, length, hd]
-        v = self.cache.v[: q.shape[0], :, :length].repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k.transpose(-1, -2).to(q.dtype)) * (self.head_dim**-0.5)  # [b, heads, s, length]
-        if q.shape[2] > 1:
-            scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).tril(length - q.shape[2]), float("-inf"))
-        return torch.matmul(torch.softmax(scores.float(), dim=-1).to(q.dtype), v.to(q.dtype))
+        b, _, s, hd = q.shape
+        kv = self.num_kv_heads
+        qg = q.view(b, kv, -1, s, hd)  # [b, kv_heads, groups, s, hd]
+        k = self.cache.k[:b, :, :length].unsqueeze(2)  # [b, kv_heads, 1, length, hd]
+        v = self.cache.v[:b, :, :length].unsqueeze(2)
+        scores = torch.matmul(qg, k.transpose(-1, -2)) * (hd**-0.5)  # [b, kv_heads, groups, s, length]
+        if s > 1:
+            scores = scores.masked_fill(~torch.ones_like(scores, dtype=torch.bool).tril(length - s), float("-inf"))
+        return torch.matmul(torch.softmax(scores, dim=-1), v).view(b, -1, s, hd)
 
     def _attend_batched(self, q: torch.Tensor, slots: torch.Tensor, pos: torch.Tensor, length: int) -> torch.Tensor:
         k = self.cache.k.index_select(0, slots)[:, :, :length]  # [b, kv_heads, length, head_dim]
@@ -181,9 +207,13 @@ class MLP(nn.Module):
         self.w1 = Linear(dim, hidden, bias=False)  # gate
         self.w2 = Linear(hidden, dim, bias=False)  # down
         self.w3 = Linear(dim, hidden, bias=False)  # up
+        self.w13: torch.Tensor | None = None  # fused gate/up weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        if not _is_fused(self.w13, self.w1):
+            self.w13 = fuse_linears(self.w1, self.w3)
+        gate, up = _linear(x, self.w13, self.w1.exact).chunk(2, dim=-1)
+        return self.w2(F.silu(gate) * up)
 
 
 class Block(nn.Module):

@@ -1,10 +1,12 @@
 """Per-request top-k / temperature sampling that does not depend on the batch.
 
-Each request owns a `torch.Generator`. At the start of every frame it draws the exponential
-noise for all 32 codebooks at once ([32, vocab]); codebook i then samples
-argmax(softmax(logits / T) / noise[i]) (the exponential-race trick of the original
-generator, no host sync). Rows never share random draws, so a seeded request yields the same
-frame alone or among others.
+Each request owns a `torch.Generator`. At the start of every frame it draws Exponential(1)
+noise for all 32 codebooks, `top_k` values each ([32, top_k]). Codebook i samples the
+exponential race among the top-k codes: argmax_j(logit_j / T - log(noise_j)), which picks code
+j with probability softmax(logits / T)_j over the top k (the original generator's
+`argmax(probs / q)` in log space). Only max/argmax reduce across the vocabulary, and those are
+exact, so a row's result does not depend on which rows share the batch; rows never share random
+draws, so a seeded request yields the same frames alone or among others.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ class SamplingParams:
     def greedy(self) -> bool:
         return self.temperature == 0.0 or self.top_k == 1
 
+    @property
+    def effective_top_k(self) -> int:
+        return 1 if self.greedy else self.top_k
+
 
 def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
     g = torch.Generator(device=device)
@@ -38,26 +44,32 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     return g
 
 
-def draw_frame_noise(generator: torch.Generator, device, vocab: int = AUDIO_VOCAB_SIZE) -> torch.Tensor:
-    """Exponential(1) noise for one frame of one request. [32, vocab] float32"""
-    return torch.empty(NUM_CODEBOOKS, vocab, device=device).exponential_(1, generator=generator)
+def draw_frame_noise(generator: torch.Generator, device, top_k: int) -> torch.Tensor:
+    """Exponential(1) noise for one frame of one request. [32, top_k] float32"""
+    return torch.empty(NUM_CODEBOOKS, top_k, device=device).exponential_(1, generator=generator)
 
 
 class BatchSampler:
-    """Sampling parameters of the rows of one batch, as tensors, built once per batch change."""
+    """Sampling parameters of the rows of one batch, as tensors."""
 
     def __init__(self, params: list[SamplingParams], device):
-        self.top_k = [1 if p.greedy else p.top_k for p in params]
+        self.top_k = [p.effective_top_k for p in params]
         self.max_k = max(self.top_k)
         temps = [1.0 if p.greedy else p.temperature for p in params]
         self.temperature = torch.tensor(temps, device=device).unsqueeze(1)  # [b, 1]
-        self.kth = torch.tensor([k - 1 for k in self.top_k], device=device).unsqueeze(1)  # [b, 1]
+        self.k = torch.tensor(self.top_k, device=device).unsqueeze(1)  # [b, 1]
+
+    def stack_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
+        """Per-row noise [32, k_i] -> [b, 32, max_k] (padding columns are never chosen)."""
+        out = torch.ones(len(noise), NUM_CODEBOOKS, self.max_k, device=noise[0].device)
+        for i, n in enumerate(noise):
+            out[i, :, : n.shape[1]] = n
+        return out
 
     def sample(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """logits [b, vocab] float32, noise [b, vocab] -> codes [b] int64"""
-        scaled = logits / self.temperature
-        top = torch.topk(scaled, self.max_k, dim=-1).values  # [b, max_k]
-        threshold = top.gather(1, self.kth)  # [b, 1]
-        scaled = scaled.masked_fill(scaled < threshold, float("-inf"))
-        probs = torch.softmax(scaled, dim=-1)
-        return torch.argmax(probs / noise, dim=-1)
+        """logits [b, vocab] float32, noise [b, >= max_k] -> codes [b] int64"""
+        vals, idx = torch.topk(logits / self.temperature, self.max_k, dim=-1)  # [b, max_k], descending
+        score = vals - torch.log(noise[:, : self.max_k])
+        cols = torch.arange(self.max_k, device=logits.device)
+        score = score.masked_fill(cols >= self.k, float("-inf"))
+        return idx.gather(1, score.argmax(dim=-1, keepdim=True)).squeeze(1)

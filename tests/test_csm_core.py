@@ -91,12 +91,13 @@ def test_framing_matches_csm():
 
 def test_sampling_is_per_row_and_greedy_when_asked():
     logits = torch.randn(3, 2051)
-    noise = torch.stack([draw_frame_noise(make_generator(s), "cpu")[0] for s in range(3)])
-    s = BatchSampler([SamplingParams(0.0, 50), SamplingParams(0.9, 1), SamplingParams(0.9, 5)], "cpu")
-    out = s.sample(logits, noise)
+    params = [SamplingParams(0.0, 50), SamplingParams(0.9, 1), SamplingParams(0.9, 5)]
+    s = BatchSampler(params, "cpu")
+    noise = s.stack_noise([draw_frame_noise(make_generator(i), "cpu", p.effective_top_k) for i, p in enumerate(params)])
+    out = s.sample(logits, noise[:, 0])
     assert out[0] == logits[0].argmax() and out[1] == logits[1].argmax()
     assert out[2] in torch.topk(logits[2], 5).indices
-    alone = BatchSampler([SamplingParams(0.9, 5)], "cpu").sample(logits[2:], noise[2:])
+    alone = BatchSampler([SamplingParams(0.9, 5)], "cpu").sample(logits[2:], noise[2:, 0, :5])
     assert alone[0] == out[2]
     with pytest.raises(ValueError, match="top_k"):
         SamplingParams(0.9, 0)

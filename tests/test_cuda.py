@@ -18,8 +18,9 @@ def test_graphed_frame_sampler_matches_eager():
     for b in (1, 3, 8):
         h = torch.randn(b, model.config.backbone.embed_dim, device="cuda")
         params = [SamplingParams(0.9, k) for k in (1, 5, 50, 2051, 7, 9, 11, 13)[:b]]
-        noise = torch.stack([draw_frame_noise(make_generator(i, "cuda"), "cuda") for i in range(b)])
-        want = sample_frames(model, h, BatchSampler(params, "cuda"), noise)
+        sampler = BatchSampler(params, "cuda")
+        noise = sampler.stack_noise([draw_frame_noise(make_generator(i, "cuda"), "cuda", p.top_k) for i, p in enumerate(params)])
+        want = sample_frames(model, h, sampler, noise)
         got = graphed(model, h, BatchSampler(params, "cuda"), noise)
         assert torch.equal(got, want)
 

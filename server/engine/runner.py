@@ -93,7 +93,9 @@ class ModelRunner:
             return StepResult([], [], None, failed, timings)
         h = torch.cat(hs)  # [b, dim]
         sampler = BatchSampler([r.state.sampling for r in producers], self.device)
-        noise = torch.stack([draw_frame_noise(r.state.generator, self.device) for r in producers])
+        noise = sampler.stack_noise(
+            [draw_frame_noise(r.state.generator, self.device, r.state.sampling.effective_top_k) for r in producers]
+        )  # [b, 32, max_k]
         codes = self.sample_frames(self.model, h, sampler, noise)  # [b, 32]
         eos = (codes == 0).all(dim=1).tolist()  # the step's one host sync
         t2 = time.perf_counter()
