@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from csm_core.llama import ROW_MULTIPLE
 from csm_core.model import CSMModel
 from csm_core.sampling import BatchSampler
 
@@ -19,6 +20,12 @@ def sample_frames(model: CSMModel, h: torch.Tensor, sampler: BatchSampler, noise
     the embedding of codebook i-1, and the state at position i predicts codebook i.
     """
     n = model.config.audio_num_codebooks
+    b = h.shape[0]
+    pad = -b % ROW_MULTIPLE if model.exact else 0
+    if pad:  # pad once here rather than in every linear: rows >= b are discarded
+        h = torch.cat([h, h.new_zeros(pad, h.shape[1])])
+        noise = torch.cat([noise, noise.new_ones(pad, *noise.shape[1:])])
+        sampler = sampler.padded(pad)
     c = sampler.sample(model.c0_logits(h), noise[:, 0])
     codes = [c]
     model.depth_step(h, 0)
@@ -26,4 +33,4 @@ def sample_frames(model: CSMModel, h: torch.Tensor, sampler: BatchSampler, noise
         hd = model.depth_step(model.embed_audio(i - 1, c), i)
         c = sampler.sample(model.codebook_logits(i, hd), noise[:, i])
         codes.append(c)
-    return torch.stack(codes, dim=1)
+    return torch.stack(codes, dim=1)[:b]

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from csm_core.config import ModelConfig
-from csm_core.llama import Linear, Transformer, exact_linear
+from csm_core.llama import ROW_MULTIPLE, Linear, Transformer, exact_linear
 
 
 class CSMModel(nn.Module):
@@ -38,7 +38,8 @@ class CSMModel(nn.Module):
     def setup_caches(self, max_slots: int, max_seq: int | None = None) -> None:
         """Allocate the backbone's slot cache and the depth decoder's per-frame cache."""
         self.backbone.setup_cache(max_slots, max_seq)
-        self.decoder.setup_cache(max_slots, self.config.audio_num_codebooks)
+        rows = max_slots + (-max_slots % ROW_MULTIPLE)  # exact mode pads the frame batch to a multiple
+        self.decoder.setup_cache(rows, self.config.audio_num_codebooks)
 
     def set_exact(self, exact: bool) -> None:
         """Exact mode: results per slot do not depend on the batch (see csm_core/llama.py)."""

@@ -59,6 +59,15 @@ class BatchSampler:
         self.temperature = torch.tensor(temps, device=device).unsqueeze(1)  # [b, 1]
         self.k = torch.tensor(self.top_k, device=device).unsqueeze(1)  # [b, 1]
 
+    def padded(self, rows: int) -> BatchSampler:
+        """This sampler with `rows` extra greedy rows."""
+        out = BatchSampler.__new__(BatchSampler)
+        out.top_k = self.top_k + [1] * rows
+        out.max_k = self.max_k
+        out.temperature = torch.cat([self.temperature, self.temperature.new_ones(rows, 1)])
+        out.k = torch.cat([self.k, self.k.new_ones(rows, 1)])
+        return out
+
     def stack_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
         """Per-row noise [32, k_i] -> [b, 32, max_k] (padding columns are never chosen)."""
         out = torch.ones(len(noise), NUM_CODEBOOKS, self.max_k, device=noise[0].device)
