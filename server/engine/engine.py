@@ -23,9 +23,11 @@ from csm_core.audio_io import resample
 from csm_core.checkpoint import load_model
 from csm_core.constants import FRAME_MS, FRAME_RATE_HZ, FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from csm_core.framing import Segment, audio_prompt_len, build_prompt
+from csm_core.mimi import DEFAULT_REPO as MIMI_HUB_REPO
 from csm_core.mimi import MimiCodec
 from csm_core.sampling import SamplingParams
-from csm_core.text import OFFLINE_TOKENIZER, load_tokenizer
+from csm_core.text import DEFAULT_TOKENIZER, OFFLINE_TOKENIZER, load_tokenizer
+from csm_core.watermark import HUB_REPO as WATERMARK_HUB_REPO
 from csm_core.watermark import Watermarker
 from server.engine.config import EngineConfig
 from server.engine.output import OutputStage
@@ -56,12 +58,13 @@ class Engine:
                 "MODEL %r HAS RANDOM WEIGHTS: the audio it generates is NOISE (offline demo / benchmark). "
                 "Pass --model sesame/csm-1b (or a local checkpoint) for speech.", config.model,
             )
-        self.tokenizer = load_tokenizer(config.tokenizer or (OFFLINE_TOKENIZER if is_preset else None))
-        mimi_src = config.mimi_weights or ("random" if is_preset else None)
+        # Presets get offline parts; real checkpoints get the real ones (hub or local)
+        self.tokenizer = load_tokenizer(config.tokenizer or (OFFLINE_TOKENIZER if is_preset else DEFAULT_TOKENIZER))
+        mimi_src = config.mimi_weights or ("random" if is_preset else MIMI_HUB_REPO)
         self.mimi = MimiCodec.load(mimi_src, device)
         self.watermarker = None
         if config.watermark:
-            wm_src = config.watermark_weights or ("random" if is_preset else None)
+            wm_src = config.watermark_weights or ("random" if is_preset else WATERMARK_HUB_REPO)
             self.watermarker = Watermarker.load(wm_src, str(device), key=tuple(config.watermark_key))
         max_seq = min(config.max_seq_len or lm.config.backbone.max_seq_len, lm.config.backbone.max_seq_len)
         self.runner = ModelRunner(model, self.mimi, config.max_slots, max_seq, config.cuda_graphs)
@@ -81,8 +84,9 @@ class Engine:
             num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
             frame_samples=FRAME_SAMPLES, watermark_enabled=self.watermarker is not None, limits=self.limits,
         )
-        self._incoming: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self._cancelled: set[str] = set()
+        self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()  # -> prep thread
+        self._ready_reqs: queue.SimpleQueue[Request] = queue.SimpleQueue()  # prepared -> engine thread
+        self._cancelled: dict[str, float] = {}  # request id -> when cancel() was called
         self._lock = threading.Lock()
         self._num_queued = 0  # submitted, not yet admitted
         self._wakeup = threading.Event()
@@ -98,6 +102,7 @@ class Engine:
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="csm-engine", daemon=True)
         self._thread.start()
+        threading.Thread(target=self._prep_loop, name="csm-prep", daemon=True).start()
         threading.Thread(target=self._warm_up, name="csm-warmup", daemon=True).start()
 
     def _warm_up(self) -> None:
@@ -131,6 +136,7 @@ class Engine:
     def shutdown(self) -> None:
         self._accepting = False
         self._stop = True
+        self._incoming.put(None)
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -173,12 +179,11 @@ class Engine:
         stream = RequestStream(rid, self._cancel)
         req = Request(id=rid, params=params, stream=stream, prompt_len=prompt_len, max_frames=max_frames, seed=seed)
         self._incoming.put(req)
-        self._wakeup.set()
         return stream
 
     def _cancel(self, request_id: str) -> None:
         with self._lock:
-            self._cancelled.add(request_id)
+            self._cancelled[request_id] = time.monotonic()
         self._wakeup.set()
 
     def _validate(self, p: SynthesisParams) -> tuple[int, int]:
@@ -219,7 +224,7 @@ class Engine:
                                        f"{seconds:.1f} s is longer than the {lim.max_context_audio_s:.0f} s accepted"))
                 else:
                     prompt_len += audio_prompt_len(math.ceil(seconds * SAMPLE_RATE / FRAME_SAMPLES))
-        max_frames = math.ceil(max_ms / FRAME_MS)
+        max_frames = max_ms // FRAME_MS  # max_audio_ms is an upper bound
         if not v and prompt_len + max_frames > lim.max_seq_len:
             room = (lim.max_seq_len - prompt_len) * FRAME_MS
             hint = (f"lower max_audio_ms to at most {room}" if room >= FRAME_MS
@@ -308,20 +313,39 @@ class Engine:
         self.output.finish(req)
 
     def _intake(self) -> None:
-        new: list[Request] = []
+        """Take prepared requests into the scheduler (engine thread)."""
         while True:
             try:
-                new.append(self._incoming.get_nowait())
+                req = self._ready_reqs.get_nowait()
             except queue.Empty:
-                break
-        if not new:
-            return
-        for req in new:
-            self._requests[req.id] = req
-        self._prepare(new)
+                return
+            if not req.finished:
+                self._requests[req.id] = req
+                self.scheduler.add(req)
+
+    def _prep_loop(self) -> None:
+        """Prep thread: context audio is resampled and Mimi-encoded here, off the engine thread,
+        so a long context never stalls the streams being decoded."""
+        torch.set_grad_enabled(False)
+        while True:
+            first = self._incoming.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
+                try:
+                    nxt = self._incoming.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._incoming.put(None)
+                    break
+                batch.append(nxt)
+            self._prepare(batch)
+            self._wakeup.set()
 
     def _prepare(self, reqs: list[Request]) -> None:
-        """Resample and Mimi-encode context audio (one batched call), build prompts, queue."""
+        """Resample and Mimi-encode context audio (one batched call), build prompts (prep thread)."""
         waves, keys = [], []
         for req in reqs:
             for i, seg in enumerate(req.params.context):
@@ -357,7 +381,7 @@ class Engine:
             except Exception as e:
                 self._fail_unqueued(req, f"request could not be prepared: {e}")
                 continue
-            self.scheduler.add(req)
+            self._ready_reqs.put(req)
 
     def _fail_unqueued(self, req: Request, error: str) -> None:
         if req.finished:
@@ -366,14 +390,17 @@ class Engine:
             self._num_queued -= 1
         req.status = RequestStatus.FINISHED
         req.finish_reason, req.error, req.t_finished = FinishReason.ERROR, error, time.monotonic()
-        self._requests.pop(req.id, None)
         log.warning("request %s failed: %s", req.id, error)
         self.output.finish(req)
 
     def _apply_cancellations(self) -> None:
+        now = time.monotonic()
         with self._lock:
-            ids, self._cancelled = self._cancelled, set()
-        for rid in ids:
+            pending = list(self._cancelled.items())
+        for rid, t in pending:
             req = self._requests.get(rid)
             if req is not None:
                 self._finish(req, FinishReason.CANCELLED)
+            if req is not None or now - t > 60:  # unknown ids may still be in the prep thread
+                with self._lock:
+                    self._cancelled.pop(rid, None)
