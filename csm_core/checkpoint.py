@@ -110,9 +110,7 @@ def save_original(model: CSMModel, directory: str | Path, *, legacy_ckpt: bool =
 
 # -- internals -----------------------------------------------------------------------------
 def _place(model: CSMModel, device: torch.device, dtype: torch.dtype) -> CSMModel:
-    model = model.to(device=device, dtype=dtype).eval()
-    model.backbone.rope.float()  # rotary tables stay fp32
-    model.decoder.rope.float()
+    model = model.to(device=device, dtype=dtype).eval()  # rotary tables are complex64 attributes: untouched
     model.requires_grad_(False)
     return model
 

@@ -19,7 +19,10 @@ from csm_core.sampling import BatchSampler
 class _StaticSampler(BatchSampler):
     """BatchSampler whose tensors are fixed buffers of one bucket (filled before each replay)."""
 
+    cache_mask = False  # k changes in place before every replay
+
     def __init__(self, rows: int, device):
+        self._outside = None
         self.max_k = AUDIO_VOCAB_SIZE
         self.temperature = torch.ones(rows, 1, device=device)
         self.k = torch.ones(rows, 1, dtype=torch.long, device=device)

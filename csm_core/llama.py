@@ -73,9 +73,7 @@ class RMSNorm(nn.Module):
         self.scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        normed = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x)
-        return normed * self.scale
+        return F.rms_norm(x, self.scale.shape, self.scale, self.eps)  # fp32 math inside, one op
 
 
 def llama3_inv_freq(flavor: LlamaFlavor) -> torch.Tensor:
@@ -106,17 +104,18 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         theta = llama3_inv_freq(flavor)
         angles = torch.outer(torch.arange(flavor.max_seq_len, dtype=torch.float32), theta)
-        self.register_buffer("cos", angles.cos(), persistent=False)  # [max_seq, head_dim/2]
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # complex64 [max_seq, head_dim/2]; a plain attribute, so module.to(dtype) never casts it
+        self.cis = torch.polar(torch.ones_like(angles), angles)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """x [b, s, heads, head_dim]; pos [b, s] absolute positions."""
-        cos = self.cos[pos].unsqueeze(2)  # [b, s, 1, head_dim/2]
-        sin = self.sin[pos].unsqueeze(2)
-        xp = x.float().reshape(*x.shape[:-1], -1, 2)
-        x0, x1 = xp[..., 0], xp[..., 1]
-        out = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], dim=-1)
-        return out.flatten(-2).type_as(x)
+        """x [b, s, heads, head_dim]; pos [b, s] absolute positions. Pairs (x[2i], x[2i+1]) are
+        rotated as the complex numbers x[2i] + i x[2i+1]."""
+        if self.cis.device != x.device:
+            self.cis = self.cis.to(x.device)
+        cis = self.cis[pos].unsqueeze(2)  # [b, s, 1, head_dim/2]
+        x32 = x if x.dtype == torch.float32 else x.float()
+        out = torch.view_as_real(torch.view_as_complex(x32.unflatten(-1, (-1, 2))) * cis).flatten(-2)
+        return out if out.dtype == x.dtype else out.type_as(x)
 
 
 class SlotKVCache(nn.Module):
@@ -159,9 +158,16 @@ class Attention(nn.Module):
         qk = self.rope[0](qkv[:, :, : h + kv], pos)  # q and k heads rotated together
         q, k, v = qk[:, :, :h], qk[:, :, h:], qkv[:, :, h + kv :]
         cache = self.cache
-        rows = slots.unsqueeze(1).expand(b, s)  # [b, s]
-        cache.k[rows, :, pos] = k.to(cache.k.dtype)  # [b, s, kv_heads, head_dim] at (slot, pos)
-        cache.v[rows, :, pos] = v.to(cache.v.dtype)
+        if cache.k.dtype != k.dtype:
+            k, v = k.to(cache.k.dtype), v.to(cache.k.dtype)
+        if self.uniform:  # rows 0..b-1, all at the same positions
+            p0 = lengths[0] - s
+            cache.k[:b, :, p0 : p0 + s] = k.transpose(1, 2)
+            cache.v[:b, :, p0 : p0 + s] = v.transpose(1, 2)
+        else:
+            rows = slots.unsqueeze(1).expand(b, s)  # [b, s]
+            cache.k[rows, :, pos] = k  # [b, s, kv_heads, head_dim] at (slot, pos)
+            cache.v[rows, :, pos] = v
         q = q.transpose(1, 2)  # [b, heads, s, head_dim]
         if self.uniform:
             out = self._attend_uniform(q, slots, lengths[0])

@@ -52,12 +52,15 @@ def draw_frame_noise(generator: torch.Generator, device, top_k: int) -> torch.Te
 class BatchSampler:
     """Sampling parameters of the rows of one batch, as tensors."""
 
+    cache_mask = True  # keep the top-k column mask between calls (off when tensors change in place)
+
     def __init__(self, params: list[SamplingParams], device):
         self.top_k = [p.effective_top_k for p in params]
         self.max_k = max(self.top_k)
         temps = [1.0 if p.greedy else p.temperature for p in params]
         self.temperature = torch.tensor(temps, device=device).unsqueeze(1)  # [b, 1]
         self.k = torch.tensor(self.top_k, device=device).unsqueeze(1)  # [b, 1]
+        self._outside: torch.Tensor | None = None  # [b, max_k] columns beyond each row's k
 
     def padded(self, rows: int) -> BatchSampler:
         """This sampler with `rows` extra greedy rows."""
@@ -66,6 +69,7 @@ class BatchSampler:
         out.max_k = self.max_k
         out.temperature = torch.cat([self.temperature, self.temperature.new_ones(rows, 1)])
         out.k = torch.cat([self.k, self.k.new_ones(rows, 1)])
+        out._outside = None
         return out
 
     def stack_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
@@ -78,7 +82,10 @@ class BatchSampler:
     def sample(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """logits [b, vocab] float32, noise [b, >= max_k] -> codes [b] int64"""
         vals, idx = torch.topk(logits / self.temperature, self.max_k, dim=-1)  # [b, max_k], descending
-        score = vals - torch.log(noise[:, : self.max_k])
-        cols = torch.arange(self.max_k, device=logits.device)
-        score = score.masked_fill(cols >= self.k, float("-inf"))
+        outside = self._outside
+        if outside is None:
+            outside = torch.arange(self.max_k, device=logits.device) >= self.k
+            if self.cache_mask:
+                self._outside = outside
+        score = (vals - torch.log(noise[:, : self.max_k])).masked_fill_(outside, float("-inf"))
         return idx.gather(1, score.argmax(dim=-1, keepdim=True)).squeeze(1)

@@ -49,7 +49,7 @@ def test_dtypes(tiny, tmp_path):
     for dtype, want in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
         lm = load_model(str(tmp_path), dtype=dtype)
         assert lm.model.audio_head.dtype == want
-        assert lm.model.backbone.rope.cos.dtype == torch.float32
+        assert lm.model.backbone.rope.cis.dtype == torch.complex64
 
 
 def test_missing_files_and_bad_tensors_are_named(tiny, tmp_path):
