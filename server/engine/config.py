@@ -21,7 +21,7 @@ class EngineConfig:
     tokenizer: str | None = None  # tokenizer.json / dir / hub id; None: offline for presets, Llama-3.2 otherwise
     # Scheduling
     prefill_chunk: int = 64  # prompt positions per prefill call (chunks are aligned to multiples)
-    prefill_budget: int = 128  # prompt positions prefilled per engine step, across requests
+    prefill_budget: int = 64  # prompt positions prefilled per engine step, across requests
     max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
     cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket

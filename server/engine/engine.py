@@ -29,6 +29,7 @@ from csm_core.sampling import SamplingParams
 from csm_core.text import DEFAULT_TOKENIZER, OFFLINE_TOKENIZER, load_tokenizer
 from csm_core.watermark import HUB_REPO as WATERMARK_HUB_REPO
 from csm_core.watermark import Watermarker
+from server.engine.audio import AudioDecoder
 from server.engine.config import EngineConfig
 from server.engine.output import OutputStage
 from server.engine.request import Request, RequestStatus
@@ -67,9 +68,14 @@ class Engine:
             wm_src = config.watermark_weights or ("random" if is_preset else WATERMARK_HUB_REPO)
             self.watermarker = Watermarker.load(wm_src, str(device), key=tuple(config.watermark_key))
         max_seq = min(config.max_seq_len or lm.config.backbone.max_seq_len, lm.config.backbone.max_seq_len)
-        self.runner = ModelRunner(model, self.mimi, config.max_slots, max_seq, config.cuda_graphs)
+        self.runner = ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs)
         self.scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget)
-        self.output = OutputStage(self.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames)
+        def fail(req: Request, error: str) -> None:
+            self._cancel(req.id, error)
+
+        self.output = OutputStage(self.watermarker, config.watermark_first_chunk_frames,
+                                  config.watermark_chunk_frames, on_error=fail)
+        self.audio = AudioDecoder(self.mimi, config.max_slots, self.output, on_error=fail)
         self.limits = EngineLimits(
             max_slots=config.max_slots, max_queue=config.max_queue, max_seq_len=max_seq,
             max_text_chars=config.max_text_chars, max_context_segments=config.max_context_segments,
@@ -86,7 +92,7 @@ class Engine:
         )
         self._incoming: queue.SimpleQueue[Request | None] = queue.SimpleQueue()  # -> prep thread
         self._ready_reqs: queue.SimpleQueue[Request] = queue.SimpleQueue()  # prepared -> engine thread
-        self._cancelled: dict[str, float] = {}  # request id -> when cancel() was called
+        self._cancelled: dict[str, tuple[float, str | None]] = {}  # request id -> (when, error or None)
         self._lock = threading.Lock()
         self._num_queued = 0  # submitted, not yet admitted
         self._wakeup = threading.Event()
@@ -128,7 +134,7 @@ class Engine:
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
             if self._num_queued == 0 and not self.scheduler.running:
-                self.output.flush()
+                self.audio.flush()
                 return True
             time.sleep(0.05)
         return False
@@ -140,6 +146,7 @@ class Engine:
         self._wakeup.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        self.audio.close()
         self.output.close()
 
     def add_step_observer(self, fn: Callable[[StepStats], None]) -> None:
@@ -181,9 +188,10 @@ class Engine:
         self._incoming.put(req)
         return stream
 
-    def _cancel(self, request_id: str) -> None:
+    def _cancel(self, request_id: str, error: str | None = None) -> None:
+        """Stop a request at the next step: cancelled by its caller, or failed (error) elsewhere."""
         with self._lock:
-            self._cancelled[request_id] = time.monotonic()
+            self._cancelled[request_id] = (time.monotonic(), error)
         self._wakeup.set()
 
     def _validate(self, p: SynthesisParams) -> tuple[int, int]:
@@ -261,8 +269,12 @@ class Engine:
             req.t_admitted = time.monotonic()
             with self._lock:
                 self._num_queued -= 1
-            self.runner.on_admitted(req)
+            self.audio.reset(req.slot)
         result = self.runner.run(plan)
+        t_mimi = time.perf_counter()
+        if result.producers:
+            self.audio.decode(result.producers, result.codes, result.eos)  # waits only if Mimi is 2 steps behind
+        result.timings["mimi"] = time.perf_counter() - t_mimi
         finished = self._postprocess(plan, result)
         stats = StepStats(
             duration_s=time.perf_counter() - t0, decoding=len(result.producers),
@@ -291,7 +303,6 @@ class Engine:
             req.num_frames += 1
             for fn in self._frame_observers:
                 fn(req.id, req.state.last_frame.cpu())
-            self.output.frame(req, result.pcm[i])
             if req.num_frames >= req.max_frames:
                 self._finish(req, FinishReason.LENGTH)
                 finished.append(FinishReason.LENGTH)
@@ -310,7 +321,7 @@ class Engine:
         self._requests.pop(req.id, None)
         if error:
             log.warning("request %s failed: %s", req.id, error)
-        self.output.finish(req)
+        self.audio.finish(req)  # after the request's last frames
 
     def _intake(self) -> None:
         """Take prepared requests into the scheduler (engine thread)."""
@@ -397,10 +408,10 @@ class Engine:
         now = time.monotonic()
         with self._lock:
             pending = list(self._cancelled.items())
-        for rid, t in pending:
+        for rid, (t, error) in pending:
             req = self._requests.get(rid)
             if req is not None:
-                self._finish(req, FinishReason.CANCELLED)
+                self._finish(req, FinishReason.ERROR if error else FinishReason.CANCELLED, error)
             if req is not None or now - t > 60:  # unknown ids may still be in the prep thread
                 with self._lock:
                     self._cancelled.pop(rid, None)

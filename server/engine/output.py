@@ -14,6 +14,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,12 +37,15 @@ class _Pending:
 
 
 class OutputStage:
-    def __init__(self, watermarker: Watermarker | None, first_chunk_frames: int, chunk_frames: int):
+    def __init__(self, watermarker: Watermarker | None, first_chunk_frames: int, chunk_frames: int,
+                 on_error: Callable[[Request, str], None] | None = None):
         self.watermarker = watermarker
+        self.on_error = on_error  # tells the engine to stop generating for a stream that failed here
         self.first_chunk_frames = first_chunk_frames if watermarker else 1
         self.chunk_frames = chunk_frames if watermarker else 1
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._pending: dict[str, _Pending] = {}
+        self._failed: set[str] = set()  # streams already ended with an error here
         self._thread = threading.Thread(target=self._loop, name="csm-output", daemon=True)
         self.busy_s = 0.0  # time spent watermarking/resampling (read by stats)
         self._thread.start()
@@ -74,6 +78,10 @@ class OutputStage:
                 req.set()
                 continue
             t0 = time.perf_counter()
+            if req.id in self._failed:
+                if kind == "finish":
+                    self._failed.discard(req.id)
+                continue
             try:
                 if kind == "frame":
                     self._on_frame(req, pcm)
@@ -82,7 +90,10 @@ class OutputStage:
             except Exception as e:  # a failure here ends this stream only
                 log.exception("output stage failed for request %s", req.id)
                 self._pending.pop(req.id, None)
+                self._failed.add(req.id)
                 req.stream.push(_finished(req, FinishReason.ERROR, f"audio output failed: {e}", False))
+                if self.on_error is not None and kind == "frame":
+                    self.on_error(req, f"audio output failed: {e}")
             self.busy_s += time.perf_counter() - t0
 
     def _on_frame(self, req: Request, pcm: torch.Tensor) -> None:

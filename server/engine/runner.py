@@ -1,6 +1,6 @@
 """Runs one scheduled step on the model: prefill chunks, one backbone position for every
-decoding slot, codebook 0 + the depth decoder for every slot that makes a frame, and Mimi's
-streaming decode for all of them at once. Owns every tensor of the engine.
+decoding slot, and codebook 0 + the depth decoder for every slot that makes a frame.
+(Mimi decodes the frames on its own thread: server/engine/audio.py.)
 """
 
 from __future__ import annotations
@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from csm_core.constants import MIMI_CODEBOOK_SIZE
 from csm_core.frame import sample_frames
 from csm_core.framing import Prompt
 from csm_core.generate import prefill_slot
-from csm_core.mimi import MimiCodec
 from csm_core.model import CSMModel
 from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
 from server.engine.request import Request
@@ -36,19 +34,17 @@ class SlotState:
 class StepResult:
     producers: list[Request]  # requests that made a frame this step, in row order
     eos: list[bool]  # per producer: the frame was the end-of-utterance frame
-    pcm: torch.Tensor | None  # [len(producers), 1920] float32 on CPU (rows of EOS frames unused)
+    codes: torch.Tensor | None  # [len(producers), 32]
     failed: list[tuple[Request, str]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
 
 class ModelRunner:
-    def __init__(self, model: CSMModel, mimi: MimiCodec, max_slots: int, max_seq: int, cuda_graphs: bool = True):
+    def __init__(self, model: CSMModel, max_slots: int, max_seq: int, cuda_graphs: bool = True):
         self.model = model
-        self.mimi = mimi
         self.device = model.audio_head.device
         model.setup_caches(max_slots, max_seq)
         self.max_slots = max_slots
-        self.mimi_stream = mimi.stream_decoder(max_slots)
         self.sample_frames = sample_frames
         if cuda_graphs and self.device.type == "cuda":
             from csm_core.cuda_graphs import GraphedFrameSampler
@@ -58,13 +54,10 @@ class ModelRunner:
     def start_request(self, req: Request, prompt: Prompt, sampling: SamplingParams) -> None:
         req.state = SlotState(prompt, sampling, make_generator(req.seed, self.device))
 
-    def on_admitted(self, req: Request) -> None:
-        self.mimi_stream.reset([req.slot])
-
     @torch.inference_mode()
     def run(self, plan: SchedulerOutput) -> StepResult:
         t0 = time.perf_counter()
-        timings = {"backbone": 0.0, "depth": 0.0, "mimi": 0.0}
+        timings = {"backbone": 0.0, "depth": 0.0}
         producers: list[Request] = []
         hs: list[torch.Tensor] = []
         failed: list[tuple[Request, str]] = []
@@ -98,25 +91,7 @@ class ModelRunner:
         )  # [b, 32, max_k]
         codes = self.sample_frames(self.model, h, sampler, noise)  # [b, 32]
         eos = (codes == 0).all(dim=1).tolist()  # the step's one host sync
-        t2 = time.perf_counter()
-        timings["depth"] = t2 - t1
+        timings["depth"] = time.perf_counter() - t1
         for i, req in enumerate(producers):
             req.state.last_frame = codes[i]
-        pcm = self._decode_audio(producers, codes, eos)
-        timings["mimi"] = time.perf_counter() - t2
-        return StepResult(producers, eos, pcm, failed, timings)
-
-    def _decode_audio(self, producers: list[Request], codes: torch.Tensor, eos: list[bool]) -> torch.Tensor:
-        """Mimi streaming decode of every slot at once; rows without a new frame stay untouched."""
-        batch = torch.zeros(self.max_slots, codes.shape[1], 1, dtype=torch.long, device=codes.device)
-        active = torch.zeros(self.max_slots, dtype=torch.bool)
-        rows = []
-        for i, req in enumerate(producers):
-            if not eos[i]:
-                batch[req.slot, :, 0] = codes[i].clamp(max=MIMI_CODEBOOK_SIZE - 1)
-                active[req.slot] = True
-            rows.append(req.slot)
-        if not active.any():
-            return torch.zeros(len(producers), 0)
-        pcm = self.mimi_stream.decode(batch, active.to(codes.device))  # [max_slots, 1920]
-        return pcm[rows].float().cpu()
+        return StepResult(producers, eos, codes, failed, timings)

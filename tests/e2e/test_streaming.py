@@ -87,7 +87,10 @@ def test_seeded_requests_repeat_through_sync_and_async_clients(server, client):
             assert call.result is not None
             return data
 
-    assert asyncio.run(run()) == sync_audio
+    # The frames are identical (tests/test_engine.py checks codes exactly); Mimi may decode them
+    # one or several per call depending on load, which moves float32 samples by rounding only.
+    async_audio = np.frombuffer(asyncio.run(run()), "<f4")
+    np.testing.assert_allclose(async_audio, np.frombuffer(sync_audio, "<f4"), atol=1e-4, rtol=0)
 
 
 def test_context_audio_is_accepted(client, tmp_path):
