@@ -56,7 +56,7 @@ FLAVORS: dict[str, LlamaFlavor] = {
     # Benchmark / offline demo: one CPU stream runs faster than real time on 2 cores. Small GEMMs
     # on CPU are memory-bandwidth bound, so the weights read per frame set the speed.
     "bench-backbone": LlamaFlavor(num_layers=4, num_heads=6, num_kv_heads=2, embed_dim=384, intermediate_dim=1024),
-    "bench-decoder": LlamaFlavor(num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=256),
+    "bench-decoder": LlamaFlavor(num_layers=1, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=256),
     # Tests: the whole suite runs in minutes on 2 cores.
     "tiny-backbone": LlamaFlavor(
         num_layers=2, num_heads=4, num_kv_heads=2, embed_dim=64, intermediate_dim=128, max_seq_len=512

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import queue
 import random
 import threading
@@ -42,6 +43,8 @@ from server.engine.types import (
 )
 
 log = logging.getLogger(__name__)
+
+PREP_NICE = 10  # niceness of the context-audio thread (torch's worker threads inherit it)
 
 
 class Engine:
@@ -336,8 +339,13 @@ class Engine:
 
     def _prep_loop(self) -> None:
         """Prep thread: context audio is resampled and Mimi-encoded here, off the engine thread,
-        so a long context never stalls the streams being decoded."""
+        so a long context never stalls the streams being decoded. The thread runs at a lower CPU
+        priority (Linux: per-thread nice), so on a busy CPU the running streams come first."""
         torch.set_grad_enabled(False)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREP_NICE)
+        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+            pass
         while True:
             first = self._incoming.get()
             if first is None:
