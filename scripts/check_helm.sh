@@ -9,7 +9,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/k8s-tools.env
 source "$REPO/scripts/k8s-tools.env"
-TOOLS=${CSM_TOOLS_DIR:-/work/main/.cache/tools}
+TOOLS=${CSM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/csm-serve/tools}
 CHART="$REPO/helm/csm-serve"
 bash "$REPO/scripts/install_tools.sh" >/dev/null
 HELM="$TOOLS/bin/helm"

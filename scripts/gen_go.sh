@@ -13,7 +13,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PROTOC_GEN_GO_VERSION=v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION=v1.6.2
 GO_MODULE=github.com/csm-serve/csm-serve/client/go
-TOOLS_BIN=${CSM_TOOLS_DIR:-$ROOT/.cache/tools}/bin  # shared with scripts/install_tools.sh
+TOOLS_BIN=${CSM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/csm-serve/tools}/bin  # shared with scripts/install_tools.sh
 PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 OUT=${1:-$ROOT/client/go}
 

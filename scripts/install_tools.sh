@@ -5,14 +5,14 @@
 #   schemas/crds/<group>/...       ServiceMonitor and GRPCRoute schemas, converted from the
 #                                  CRDs inside the prometheus-operator and gateway-api modules
 # Pins live in scripts/k8s-tools.env. Everything lands in $CSM_TOOLS_DIR (default
-# /work/main/.cache/tools) with a stamp per part, so a second run only checks stamps.
+# ${XDG_CACHE_HOME:-~/.cache}/csm-serve/tools, shared by every clone on the machine) with a stamp per part, so a second run only checks stamps.
 # Go's own caches (GOMODCACHE, GOCACHE) are reused, so a rebuild after a pin change is
 # incremental. Nothing is fetched at validation time.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=scripts/k8s-tools.env
 source "$REPO/scripts/k8s-tools.env"
-TOOLS=${CSM_TOOLS_DIR:-/work/main/.cache/tools}
+TOOLS=${CSM_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/csm-serve/tools}
 mkdir -p "$TOOLS/bin" "$TOOLS/stamps" "$TOOLS/downloads"
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 

@@ -1,7 +1,7 @@
 """The Helm chart and the image, checked the way a reviewer would.
 
 Renders helm/csm-serve with the pinned helm binary that scripts/install_tools.sh builds
-(in $CSM_TOOLS_DIR, default /work/main/.cache/tools). Without it the tests skip on a
+(in $CSM_TOOLS_DIR, default ~/.cache/csm-serve/tools). Without it the tests skip on a
 developer machine and fail under CI=true.
 """
 
@@ -28,7 +28,7 @@ PINS = dict(
     for line in (REPO / "scripts" / "k8s-tools.env").read_text().splitlines()
     if line and not line.startswith("#")
 )
-TOOLS = Path(os.environ.get("CSM_TOOLS_DIR", "/work/main/.cache/tools"))
+TOOLS = Path(os.environ.get("CSM_TOOLS_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "csm-serve" / "tools")
 HELM = TOOLS / "bin" / "helm"
 OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
                   "Ingress", "GRPCRoute", "NetworkPolicy", "PersistentVolumeClaim"}
