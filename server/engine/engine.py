@@ -24,6 +24,7 @@ from csm_core.audio_io import resample
 from csm_core.checkpoint import load_model
 from csm_core.constants import FRAME_MS, FRAME_RATE_HZ, FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from csm_core.framing import Segment, audio_prompt_len, build_prompt
+from csm_core.generate import check_fits
 from csm_core.mimi import DEFAULT_REPO as MIMI_HUB_REPO
 from csm_core.mimi import MimiCodec
 from csm_core.sampling import SamplingParams
@@ -391,9 +392,7 @@ class Engine:
                 continue
             try:
                 prompt = build_prompt(self.tokenizer, segs, req.params.speaker, req.params.text)
-                if len(prompt) + req.max_frames > self.limits.max_seq_len:
-                    raise ValueError(f"prompt of {len(prompt)} positions plus {req.max_frames} frames exceeds "
-                                     f"{self.limits.max_seq_len}")
+                check_fits(self.runner.model, len(prompt), req.max_frames)  # exact length, after encoding
                 req.prompt_len = len(prompt)
                 sampling = SamplingParams(req.params.temperature, req.params.top_k)
                 self.runner.start_request(req, prompt, sampling)

@@ -26,7 +26,6 @@ class SlotState:
     prompt: Prompt
     sampling: SamplingParams
     generator: torch.Generator
-    h: torch.Tensor | None = None  # backbone state that makes the next frame [1, dim]
     last_frame: torch.Tensor | None = None  # [32] codes to feed back next step
 
 
