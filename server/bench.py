@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import astuple, dataclass, field, replace
 
 import numpy as np
 import torch
@@ -245,14 +245,20 @@ def run_reference(ref: ReferencePath, requests: list[SynthesisParams], watermark
 
 # -- engine mode --------------------------------------------------------------------------
 class StepRecorder:
-    """Every StepStats the engine reports, with the perf_counter() time it was reported."""
+    """Every StepStats the engine reports, with the perf_counter() time it was reported, and
+    when the engine made each request's frames (before Mimi and the output stage)."""
 
     def __init__(self, engine: Engine):
         self.steps: list[tuple[float, StepStats]] = []
+        self.frame_times: dict[str, list[float]] = {}
         engine.add_step_observer(self._record)
+        engine.add_frame_observer(self._frame)
 
     def _record(self, stats: StepStats) -> None:  # engine thread
         self.steps.append((time.perf_counter(), stats))
+
+    def _frame(self, request_id: str, codes: torch.Tensor) -> None:  # engine thread
+        self.frame_times.setdefault(request_id, []).append(time.perf_counter())
 
     def wait_finished(self, start: int, count: int, timeout_s: float = 60.0) -> list[tuple[float, StepStats]]:
         """The steps from index `start` on, once `count` requests have ended in them (the last
@@ -287,15 +293,35 @@ def stream(engine: Engine, params: SynthesisParams, trace: StreamTrace | None = 
     return trace
 
 
-def step_summary(steps: list[tuple[float, StepStats]], output_busy_s: float) -> dict:
-    """Per-step means. 'watermark' is the output stage's busy time per step: it runs on its own
-    thread, in parallel with the steps, so it is not part of step_ms."""
+@dataclass
+class PipelineCounters:
+    """Busy time of the threads beside the engine's, and Mimi's calls (deltas over a run)."""
+
+    output_busy_s: float = 0.0
+    mimi_busy_s: float = 0.0
+    mimi_calls: int = 0
+    mimi_frames: int = 0
+
+    @classmethod
+    def read(cls, engine: Engine) -> PipelineCounters:
+        return cls(engine.output.busy_s, engine.audio.busy_s, engine.audio.calls, engine.audio.frames)
+
+    def since(self, before: PipelineCounters) -> PipelineCounters:
+        return PipelineCounters(*(a - b for a, b in zip(astuple(self), astuple(before))))
+
+
+def step_summary(steps: list[tuple[float, StepStats]], counters: PipelineCounters) -> dict:
+    """Per-step means. 'mimi' is the engine thread's wait for the Mimi thread (backpressure);
+    'mimi_busy' and 'watermark' are the Mimi and output threads' busy time per step: they run on
+    threads of their own, in parallel with the steps, so they are not part of step_ms."""
     stats = [s for _, s in steps]
     n = max(1, len(stats))
     step_s = sum(s.duration_s for s in stats) / n
     breakdown = {k: sum(s.breakdown_s.get(k, 0.0) for s in stats) / n for k in STEP_KEYS}
     return {
-        "breakdown_ms": {**{k: _ms(v) for k, v in breakdown.items()}, "watermark": _ms(output_busy_s / n)},
+        "breakdown_ms": {**{k: _ms(v) for k, v in breakdown.items()}, "mimi_busy": _ms(counters.mimi_busy_s / n),
+                         "watermark": _ms(counters.output_busy_s / n)},
+        "mimi_frames_per_call": round(counters.mimi_frames / counters.mimi_calls, 2) if counters.mimi_calls else None,
         "steps": len(stats),
         "step_ms": _ms(step_s),
         "mean_batch": round(sum(s.decoding for s in stats) / n, 3),
@@ -304,12 +330,13 @@ def step_summary(steps: list[tuple[float, StepStats]], output_busy_s: float) -> 
 
 
 class EngineBench:
-    def __init__(self, sources: Sources, device: str, dtype: str, max_slots: int, watermark: bool):
+    def __init__(self, sources: Sources, device: str, dtype: str, max_slots: int, watermark: bool,
+                 tuning: dict | None = None):
         self.watermark = watermark
         self.max_slots = max_slots
         self.engine = Engine(EngineConfig(model=sources.model, device=device, dtype=dtype, max_slots=max_slots,
                                           watermark=watermark, tokenizer=sources.tokenizer, mimi_weights=sources.mimi,
-                                          watermark_weights=sources.watermark))
+                                          watermark_weights=sources.watermark, **(tuning or {})))
         self.recorder = StepRecorder(self.engine)
         self.engine.start()
         if not self.engine.wait_ready(600):
@@ -318,24 +345,29 @@ class EngineBench:
     def close(self) -> None:
         self.engine.shutdown()
 
+    def tuning(self) -> dict:
+        c = self.engine.config
+        return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
+                "torch_threads": self.engine.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call}
+
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
-                    tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], float]:
+                    tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
         """Serve `requests` with exactly `concurrency` in flight. Returns the traces, the steps
-        and the output stage's busy seconds of the run."""
-        mark, busy0 = len(self.recorder.steps), self.engine.output.busy_s
+        and the pipeline counters of the run."""
+        mark, before = len(self.recorder.steps), PipelineCounters.read(self.engine)
         tagged = [replace(p, request_id=f"{tag}-{i}") for i, p in enumerate(requests)]
         with ThreadPoolExecutor(concurrency, thread_name_prefix="bench-client") as pool:
             traces = list(pool.map(lambda p: stream(self.engine, p), tagged))
         steps = self.recorder.wait_finished(mark, len(requests))
         self.engine.output.flush()
-        return traces, steps, self.engine.output.busy_s - busy0
+        return traces, steps, PipelineCounters.read(self.engine).since(before)
 
     def run(self, requests: list[SynthesisParams], concurrency: int, tag: str) -> dict:
-        traces, steps, busy = self.closed_loop(requests, concurrency, tag)
+        traces, steps, counters = self.closed_loop(requests, concurrency, tag)
         wall = max(t.t_done for t in traces) - min(t.t_submit for t in traces)
         entry = run_entry("engine", concurrency, self.watermark, traces, wall)
         entry["max_slots"] = self.max_slots
-        entry.update(step_summary(steps, busy))
+        entry.update(step_summary(steps, counters))
         return entry
 
     def warm_up(self, requests: list[SynthesisParams], concurrency: int) -> None:
@@ -352,7 +384,7 @@ class EngineBench:
         n_others = INTERFERENCE_CONCURRENCY - 1
         others = [replace(requests[i % len(requests)], request_id=f"interference-{i}",
                           max_audio_ms=INTERFERENCE_STREAM_MS) for i in range(n_others)]
-        mark, busy0 = len(self.recorder.steps), self.engine.output.busy_s
+        mark, before = len(self.recorder.steps), PipelineCounters.read(self.engine)
         traces = [StreamTrace() for _ in range(INTERFERENCE_CONCURRENCY)]
         running, injected = traces[:n_others], traces[-1]
         with ThreadPoolExecutor(INTERFERENCE_CONCURRENCY, thread_name_prefix="bench-client") as pool:
@@ -370,46 +402,66 @@ class EngineBench:
                 f.result()
         steps = self.recorder.wait_finished(mark, sum(t.finish in ("length", "eos") for t in traces))
         self.engine.output.flush()
-        busy = self.engine.output.busy_s - busy0
+        counters = PipelineCounters.read(self.engine).since(before)
         wall = max(t.t_done for t in traces) - min(t.t_submit for t in traces)
         entry = run_entry("engine-prefill-interference", INTERFERENCE_CONCURRENCY, self.watermark, traces, wall)
         entry["max_slots"] = self.max_slots
-        entry.update(step_summary(steps, busy))
-        entry["interference"] = interference_summary(running, injected, steps, context_s)
+        entry.update(step_summary(steps, counters))
+        made = [self.recorder.frame_times.get(p.request_id, []) for p in others]
+        entry["interference"] = interference_summary(running, made, injected, steps, context_s)
         entry["gap_ms"] = entry["interference"]["gap_ms_during_prefill"]
         return entry
 
 
-def interference_summary(others: list[StreamTrace], injected: StreamTrace,
+def interference_summary(others: list[StreamTrace], made: list[list[float]], injected: StreamTrace,
                          steps: list[tuple[float, StepStats]], context_s: float) -> dict:
+    """The others' gaps between consecutive frames, as the engine made them (`made`: frame times
+    per stream), against the decode-only step time before the injection, in two windows:
+    - prefill (the target): from the first step that prefills the injected prompt to its first
+      audio. This is what chunked prefill governs.
+    - encode: from its submission to its first prefill step, while the prep thread Mimi-encodes
+      its context audio beside the running streams (lowest CPU priority).
+    The delivered audio's gaps are reported too: they also carry Mimi's batching in time
+    (several frames per call when Mimi falls behind), which happens with or without a prefill."""
     t_all_running = max(t.arrivals[0] for t in others if t.arrivals)
     t_inject = injected.t_submit
     t_first = injected.arrivals[0] if injected.arrivals else injected.t_done
-    gaps = [g for t in others for g in t.gaps()]
-    before = [(b - a) / n for a, b, n in gaps if a >= t_all_running and b <= t_inject]
-    during = [(b - a) / n for a, b, n in gaps if b > t_inject and a < t_first]
-    base_steps = [s.duration_s for t, s in steps if t_all_running <= t <= t_inject and s.prefill_tokens == 0]
     window = [(t, s) for t, s in steps if t_inject < t <= t_first]
-    prefill = [s for _, s in window if s.prefill_tokens > 0]
-    # time the engine thread spent between consecutive steps in the window (e.g. Mimi-encoding the context)
+    prefill = [(t, s) for t, s in window if s.prefill_tokens > 0]
+    t_prefill = (prefill[0][0] - prefill[0][1].duration_s) if prefill else t_first  # start of its first prefill step
+    made_gaps = [(a, b) for times in made for a, b in zip(times, times[1:])]
+    before = [b - a for a, b in made_gaps if a >= t_all_running and b <= t_inject]
+    during = [b - a for a, b in made_gaps if b > t_prefill and a < t_first]
+    encoding = [b - a for a, b in made_gaps if b > t_inject and a < t_prefill]
+    gaps = [g for t in others for g in t.gaps()]
+    delivered_before = [(b - a) / n for a, b, n in gaps if a >= t_all_running and b <= t_inject]
+    delivered_during = [(b - a) / n for a, b, n in gaps if b > t_prefill and a < t_first]
+    base_steps = [s.duration_s for t, s in steps if t_all_running <= t <= t_inject and s.prefill_tokens == 0]
+    # time the engine thread spent between consecutive steps in the window
     between = [t - s.duration_s - t_prev for (t_prev, _), (t, s) in zip(window, window[1:])]
     base_step_s = sum(base_steps) / len(base_steps) if base_steps else None
-    during_p = percentiles(during, with_max=True)
-    ratio = None
-    if during_p is not None and base_step_s:
-        ratio = round(during_p["p95"] / (base_step_s * 1000), 3)
+    during_p, encoding_p = percentiles(during, with_max=True), percentiles(encoding, with_max=True)
+
+    def over_base(p: dict | None) -> float | None:
+        return round(p["p95"] / (base_step_s * 1000), 3) if p is not None and base_step_s else None
+
     return {
         "context_s": context_s,
         "prompt_positions": injected.prompt_positions,
         "running_streams": len(others),
         "injected_ttfa_ms": _ms(t_first - t_inject),
+        "encode_ms": _ms(t_prefill - t_inject),
         "baseline_step_ms": None if base_step_s is None else _ms(base_step_s),
         "baseline_gap_ms": percentiles(before, with_max=True),
         "gap_ms_during_prefill": during_p,
-        "gap_p95_over_baseline_step": ratio,  # the issue's target: <= 2
+        "gap_p95_over_baseline_step": over_base(during_p),  # the issue's target: <= 2
+        "gap_ms_during_encode": encoding_p,
+        "encode_gap_p95_over_baseline_step": over_base(encoding_p),
+        "delivered_gap_ms_before": percentiles(delivered_before, with_max=True),
+        "delivered_gap_ms_during_prefill": percentiles(delivered_during, with_max=True),
         "prefill_steps": len(prefill),
-        "prefill_tokens": sum(s.prefill_tokens for s in prefill),
-        "prefill_step_ms_max": _ms(max(s.duration_s for s in prefill)) if prefill else None,
+        "prefill_tokens": sum(s.prefill_tokens for _, s in prefill),
+        "prefill_step_ms_max": _ms(max(s.duration_s for _, s in prefill)) if prefill else None,
         "between_steps_ms_max": _ms(max(between)) if between else None,
     }
 
@@ -469,6 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run 7 streams, inject one long-context request and measure their gaps while it prefills")
     p.add_argument("--interference-context-s", type=float, default=20.0,
                    help="context audio of the injected request (20 s is about 250 prompt positions)")
+    p.add_argument("--prefill-budget", type=int, help="engine: prompt positions prefilled per step (default: the engine's)")
+    p.add_argument("--torch-threads", type=int, help="engine: intra-op threads per pipeline thread (default: the engine's)")
+    p.add_argument("--mimi-frames-per-call", type=int, help="engine: most steps merged into one Mimi call")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     return p
@@ -490,7 +545,7 @@ def _fmt(value, width: int, digits: int = 1) -> str:
 def format_table(runs: list[dict]) -> str:
     head = (f"{'mode':<9}{'N':>3} {'wm':<3}{'audio_s':>8}{'wall_s':>8}{'x_rt':>7}{'fps':>7}"
             f"{'ttfa50':>8}{'ttfa95':>8}{'gap50':>7}{'gap95':>7}{'gapmax':>7}"
-            f"{'step':>7}{'batch':>6}{'bb':>7}{'depth':>7}{'mimi':>7}{'wm':>7}{'other':>7}{'oth%':>6}")
+            f"{'step':>7}{'batch':>6}{'bb':>7}{'depth':>7}{'mimi':>7}{'mimi_b':>7}{'T':>5}{'wm':>7}{'other':>7}{'oth%':>6}")
     lines = [head]
     short = {"reference": "ref", "engine": "engine", "engine-prefill-interference": "prefill+"}
     for r in runs:
@@ -502,7 +557,9 @@ def format_table(runs: list[dict]) -> str:
             f"{_fmt(ttfa.get('p50'), 8, 0)}{_fmt(ttfa.get('p95'), 8, 0)}"
             f"{_fmt(gap.get('p50'), 7)}{_fmt(gap.get('p95'), 7)}{_fmt(gap.get('max'), 7)}"
             f"{_fmt(r.get('step_ms'), 7)}{_fmt(r.get('mean_batch'), 6)}"
-            + "".join(_fmt(bd.get(k), 7) for k in ("backbone", "depth", "mimi", "watermark", "other"))
+            + "".join(_fmt(bd.get(k), 7) for k in ("backbone", "depth", "mimi", "mimi_busy"))
+            + _fmt(r.get("mimi_frames_per_call"), 5)
+            + "".join(_fmt(bd.get(k), 7) for k in ("watermark", "other"))
             + _fmt(None if other_frac is None else 100 * other_frac, 6)
         )
         if r["mode"] == "reference":
@@ -510,13 +567,25 @@ def format_table(runs: list[dict]) -> str:
         if "interference" in r:
             i = r["interference"]
             lines.append(f"  prefill of {i['prompt_positions']} positions ({i['prefill_steps']} steps): "
-                         f"others' gap p95 "
+                         f"others' frame gap p95 "
                          f"{_fmt(gap.get('p95'), 0)} ms vs step {_fmt(i['baseline_step_ms'], 0)} ms = "
                          f"{_fmt(i['gap_p95_over_baseline_step'], 0, 2)}x (target <= 2x); "
                          f"longest pause between steps {_fmt(i['between_steps_ms_max'], 0)} ms")
-    lines.append("ms everywhere; gaps per frame; step breakdown: engine = mean per step, "
-                 "wm = output-stage time per step (own thread); ref = mean per request")
+            lines.append(f"  while its {i['context_s']:g} s of context were encoded ({_fmt(i['encode_ms'], 0)} ms): "
+                         f"others' frame gap p95 {_fmt((i['gap_ms_during_encode'] or {}).get('p95'), 0)} ms = "
+                         f"{_fmt(i['encode_gap_p95_over_baseline_step'], 0, 2)}x; delivered audio's "
+                         f"gap p95 {_fmt((i['delivered_gap_ms_before'] or {}).get('p95'), 0)} ms before the injection, "
+                         f"{_fmt((i['delivered_gap_ms_during_prefill'] or {}).get('p95'), 0)} ms during its prefill")
+    lines.append("ms everywhere; gaps per frame; step breakdown: engine = mean per step (mimi = waiting for "
+                 "the Mimi thread, mimi_b and wm = Mimi and output threads' busy time per step, T = frames per "
+                 "Mimi call); ref = mean per request")
     return "\n".join(lines)
+
+
+def engine_tuning(args: argparse.Namespace) -> dict:
+    """EngineConfig fields set on the command line (the others keep the engine's defaults)."""
+    names = ("prefill_budget", "torch_threads", "mimi_frames_per_call")
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
 def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[SynthesisParams], watermark: bool,
@@ -537,8 +606,8 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
                         bench.close()
                     slots = fixed or n
                     say(f"starting the engine ({args.preset}, {slots} slots, watermark {on_off})")
-                    bench = EngineBench(sources, args.device, args.dtype, slots, watermark)
-                    info = bench.engine.info()
+                    bench = EngineBench(sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
+                    info, tuning = bench.engine.info(), bench.tuning()
                     bench.warm_up(requests, slots)
                 say(f"engine, concurrency {n}, watermark {on_off}")
                 runs.append(bench.run(requests, n, f"c{n}"))
@@ -546,8 +615,8 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
             if bench is not None:
                 bench.close()
             slots = fixed or INTERFERENCE_CONCURRENCY
-            bench = EngineBench(sources, args.device, args.dtype, slots, watermark)
-            info = bench.engine.info()
+            bench = EngineBench(sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
+            info, tuning = bench.engine.info(), bench.tuning()
             bench.warm_up(requests, slots)
         if interference:
             say(f"prefill interference: {args.interference_context_s:g} s of context into "
@@ -555,7 +624,7 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
             runs.append(bench.prefill_interference(requests, args.interference_context_s))
     finally:
         bench.close()
-    return runs, {"device": info.device, "dtype": info.dtype}
+    return runs, {"device": info.device, "dtype": info.dtype, "engine": tuning}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--max-slots", "CSM_MAX_SLOTS", "8", "streams decoded together", type=int)
     flag("--max-queue", "CSM_MAX_QUEUE", "64", "requests that may wait for a slot; more get RESOURCE_EXHAUSTED",
          type=int)
+    flag("--prefill-budget", "CSM_PREFILL_BUDGET", "128",
+         "prompt positions prefilled per engine step: higher admits bursts faster, lower keeps running streams' "
+         "frame gaps steadier", type=int)
+    flag("--torch-threads", "CSM_TORCH_THREADS", None,
+         "CPU: intra-op threads of each pipeline thread (model, Mimi, output); unset: half the cores", type=int)
     flag("--host", "CSM_HOST", "0.0.0.0", "address to listen on (gRPC and metrics)")
     flag("--port", "CSM_PORT", "50051", "gRPC port", type=int)
     flag("--metrics-port", "CSM_METRICS_PORT", "9090", "Prometheus /metrics port; 0 disables", type=int)
@@ -145,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
             dtype=args.dtype,
             max_slots=args.max_slots,
             max_queue=args.max_queue,
+            prefill_budget=args.prefill_budget,
+            torch_threads=args.torch_threads,
             watermark=args.watermark,
             watermark_key=args.watermark_key,
             watermark_weights=args.watermark_weights,

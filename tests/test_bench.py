@@ -36,7 +36,8 @@ def check_engine(run):
         gap = run[key]
         assert 0 < gap["p50"] <= gap["p95"] <= gap["max"]
     assert run["gap_ms"]["max"] <= run["chunk_gap_ms"]["max"]
-    assert set(run["breakdown_ms"]) == {"backbone", "depth", "mimi", "watermark", "other"}
+    assert set(run["breakdown_ms"]) == {"backbone", "depth", "mimi", "mimi_busy", "watermark", "other"}
+    assert run["breakdown_ms"]["mimi_busy"] > 0 and 1 <= run["mimi_frames_per_call"] <= 4
     assert run["step_ms"] > 0 and run["steps"] >= max(r["frames"] for r in run["per_request"])
     assert 0 < run["mean_batch"] <= run["concurrency"]
     assert 0 <= run["other_frac"] < 1
@@ -91,6 +92,7 @@ def test_prefill_interference(tmp_path):
     assert i["prompt_positions"] > 3 * 1000 // FRAME_MS  # 38 context frames, their end frame and the texts
     assert i["prefill_tokens"] == i["prompt_positions"] and i["prefill_steps"] >= 1
     assert i["baseline_step_ms"] > 0 and i["gap_p95_over_baseline_step"] > 0
-    for key in ("baseline_gap_ms", "gap_ms_during_prefill"):
+    for key in ("baseline_gap_ms", "gap_ms_during_prefill", "gap_ms_during_encode"):
         assert 0 < i[key]["p50"] <= i[key]["p95"] <= i[key]["max"]
+    assert 0 < i["encode_ms"] < i["injected_ttfa_ms"] and i["encode_gap_p95_over_baseline_step"] > 0
     assert run["gap_ms"] == i["gap_ms_during_prefill"]

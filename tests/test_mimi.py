@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 
 from csm_core.constants import FRAME_SAMPLES, NUM_CODEBOOKS
-from csm_core.mimi import MimiCodec, MimiStreamDecoder
+from csm_core.mimi import GemmConvTranspose1d, MimiCodec, MimiStreamDecoder
 
 # Batched and single-row calls run the same math with different GEMM shapes, so fp32 sums are
 # ordered differently: streams agree to ~1e-7 (outputs are ~0.1), not bit for bit.
@@ -176,4 +177,29 @@ def test_bad_shapes_are_rejected(codec: MimiCodec) -> None:
         decoder.decode(_codes(4, 1, batch=3), torch.tensor([True, True, True]))
     with pytest.raises(ValueError, match="codes must be"):
         codec.decode(torch.zeros(1, 8, 1, dtype=torch.long))
+    decoder.close()
+
+
+@pytest.mark.parametrize("batch, length", [(1, 2), (8, 2), (3, 8), (2, 600)])
+def test_gemm_conv_transpose_matches_torch(batch: int, length: int) -> None:
+    """The streaming view's transposed convolutions (one GEMM + overlap-add for short inputs,
+    PyTorch's kernel for long ones) compute what nn.ConvTranspose1d computes."""
+    torch.manual_seed(0)
+    conv = torch.nn.ConvTranspose1d(64, 32, kernel_size=16, stride=8)
+    assert GemmConvTranspose1d.supports(conv)
+    fast = copy.deepcopy(conv)
+    fast.__class__ = GemmConvTranspose1d
+    x = torch.randn(batch, 64, length)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), conv(x), atol=1e-5, rtol=1e-5)
+    assert not GemmConvTranspose1d.supports(torch.nn.ConvTranspose1d(4, 4, kernel_size=4, stride=2, groups=2))
+    assert not GemmConvTranspose1d.supports(torch.nn.ConvTranspose1d(4, 4, kernel_size=5, stride=2))
+
+
+def test_stream_decoder_uses_gemm_conv_transpose_and_keeps_codec_modules(codec: MimiCodec) -> None:
+    decoder = codec.stream_decoder(1)
+    fast = [m for m in decoder._model.decoder.modules() if isinstance(m, GemmConvTranspose1d)]
+    assert len(fast) == 4  # SEANet's four upsampling layers; the codec's own modules are untouched
+    assert not any(isinstance(m, GemmConvTranspose1d) for m in codec.model.modules())
+    assert all(any(m.weight is p for p in codec.model.parameters()) for m in fast)  # weights shared
     decoder.close()

@@ -1,13 +1,17 @@
 """Mimi streaming decode on its own thread, pipelined with the model steps.
 
 The engine thread hands over each step's codes (`decode`) and goes on with the next step while
-this thread decodes the previous one: on CPU the model step and Mimi then overlap instead of
-adding up. When Mimi falls behind, the steps waiting in the queue for the same set of slots are
-decoded together, several frames per call (Mimi's per-call cost dominates small calls), so the
-pipeline batches in time exactly when it needs to and keeps one frame per call otherwise. Slot resets, frames and stream ends travel through one FIFO queue, so a slot's
-state is reset before its first frame and a stream's end reaches the output stage after its
-last frame. The queue is bounded: when Mimi falls behind, the engine waits (backpressure)
-rather than letting latency grow.
+this thread decodes earlier ones: on CPU the model step and Mimi overlap instead of adding up.
+When Mimi falls behind, the steps waiting in the queue are decoded together, several frames
+per row in one call (Mimi's per-call cost dominates small calls), so the pipeline batches in
+time exactly when it needs to and keeps one frame per call otherwise.
+
+Slot resets, frames and stream ends travel through one FIFO queue. A merged call may span
+streams that end inside it (their rows get padding frames whose output is dropped, and their
+end is passed on after the call), but it stops at a slot reset: a new stream's first frame
+always starts a call, after its row's state was reset. The queue is bounded: when
+`max_pending_steps` steps wait for Mimi, the engine waits (backpressure) rather than letting
+latency grow; a step's place is given back as soon as a call takes it.
 """
 
 from __future__ import annotations
@@ -27,19 +31,28 @@ from server.engine.request import Request
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES_PER_CALL = 4  # Mimi's per-frame cost at batch 8: ~8.7 ms with 1 frame per call, ~4.5 ms with 4
+MAX_FRAMES_PER_CALL = 4  # Mimi cost per stream-frame at batch 8 (2 cores): ~13 ms with 1 frame per call, ~8.5 with 4
 
 
 class AudioDecoder:
     def __init__(self, mimi: MimiCodec, max_slots: int, output: OutputStage,
-                 on_error: Callable[[Request, str], None], max_pending_steps: int = 4):
+                 on_error: Callable[[Request, str], None], max_frames_per_call: int = MAX_FRAMES_PER_CALL,
+                 max_pending_steps: int | None = None, torch_threads: int | None = None):
         self.max_slots = max_slots
         self.output = output
         self.on_error = on_error
+        self.max_frames_per_call = max_frames_per_call
+        # Steps queued and not yet taken by a call: a call's worth, so that when Mimi is the
+        # bottleneck the next full call is queued by the time one is decoded, and the engine
+        # refills the queue step by step (it never waits for a whole call to end).
+        max_pending_steps = max_pending_steps or max_frames_per_call
+        self._torch_threads = torch_threads
         self._stream = mimi.stream_decoder(max_slots)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending_steps + 4 * max_slots)
         self._pending_steps = threading.Semaphore(max_pending_steps)
         self.busy_s = 0.0  # Mimi decode time (read by stats)
+        self.calls = 0
+        self.frames = 0  # step-frames decoded (a call of T steps counts T)
         self._thread = threading.Thread(target=self._loop, name="csm-mimi", daemon=True)
         self._thread.start()
 
@@ -52,7 +65,7 @@ class AudioDecoder:
         rows = [(req, req.slot, codes[i]) for i, req in enumerate(producers) if not eos[i]]
         if not rows:
             return
-        self._pending_steps.acquire()  # backpressure: at most max_pending_steps steps in flight
+        self._pending_steps.acquire()  # backpressure: at most max_pending_steps steps waiting
         self._queue.put(("decode", rows, None))
 
     def finish(self, req: Request) -> None:
@@ -71,6 +84,8 @@ class AudioDecoder:
     # -- Mimi thread -------------------------------------------------------------------
     @torch.inference_mode()
     def _loop(self) -> None:
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         carry = None
         while True:
             item = carry if carry is not None else self._queue.get()
@@ -86,36 +101,48 @@ class AudioDecoder:
                 self.output.flush()
                 arg.set()
             else:
-                steps = [arg]
-                slots = [slot for _, slot, _ in arg]
-                while len(steps) < MAX_FRAMES_PER_CALL:  # merge queued steps of the same slots
-                    try:
-                        nxt = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if nxt is not None and nxt[0] == "decode" and [slot for _, slot, _ in nxt[1]] == slots:
-                        steps.append(nxt[1])
-                    else:
-                        carry = nxt
-                        break
-                try:
-                    self._decode(steps)
-                finally:
-                    for _ in steps:
-                        self._pending_steps.release()
+                self._pending_steps.release()
+                steps, finished, carry = self._gather(arg)
+                self._decode(steps)
+                for req in finished:  # after their last frames
+                    self.output.finish(req)
+
+    def _gather(self, first: list) -> tuple[list[list], list[Request], tuple | None]:
+        """The queued steps that can join `first` in one call: each of their rows must be a
+        stream of `first` (streams may end inside the call, none may start). Returns the steps,
+        the streams that ended among them, and the queue item that stopped the merge."""
+        steps, finished = [first], []
+        members = {id(req) for req, _, _ in first}
+        while len(steps) < self.max_frames_per_call:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return steps, finished, None
+            if nxt is not None and nxt[0] == "finish":
+                finished.append(nxt[1])
+            elif nxt is not None and nxt[0] == "decode" and all(id(req) in members for req, _, _ in nxt[1]):
+                self._pending_steps.release()
+                steps.append(nxt[1])
+            else:
+                return steps, finished, nxt
+        return steps, finished, None
 
     def _decode(self, steps: list[list[tuple[Request, int, torch.Tensor]]]) -> None:
-        """Steps with the same rows -> one Mimi call with T = len(steps) frames per row."""
+        """Steps of the same streams (some may end early) -> one Mimi call with T = len(steps) frames per row."""
         t0 = time.perf_counter()
         rows = steps[0]
         dev = rows[0][2].device
         n = len(steps)
+        # Rows of streams that end inside the call decode padding (zeros) after their last
+        # frame: that output is dropped, and the slot is reset before it is used again.
         batch = torch.zeros(self.max_slots, rows[0][2].shape[0], n, dtype=torch.long, device=dev)  # [slots, 32, T]
         active = torch.zeros(self.max_slots, dtype=torch.bool, device=dev)
         for t, step in enumerate(steps):
             for _, slot, codes in step:
                 batch[slot, :, t] = codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
                 active[slot] = True
+        self.calls += 1
+        self.frames += n
         try:
             pcm = self._stream.decode(batch, active).float().cpu()  # [slots, T * 1920]
         except Exception as e:

@@ -21,10 +21,14 @@ class EngineConfig:
     tokenizer: str | None = None  # tokenizer.json / dir / hub id; None: offline for presets, Llama-3.2 otherwise
     # Scheduling
     prefill_chunk: int = 64  # prompt positions per prefill call (chunks are aligned to multiples)
-    prefill_budget: int = 64  # prompt positions prefilled per engine step, across requests
+    prefill_budget: int = 128  # prompt positions prefilled per engine step, across requests
     max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
     cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
+    # CPU: intra-op threads of each pipeline thread (model, Mimi, output, context prep). They run
+    # concurrently, so each gets a share of the cores; None: half the usable cores (at least 1).
+    torch_threads: int | None = None
+    mimi_frames_per_call: int = 4  # most steps Mimi merges into one call when it falls behind
     # Output
     watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
     watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)
@@ -43,6 +47,10 @@ class EngineConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1:
+            raise ValueError("torch_threads must be >= 1")
+        if self.mimi_frames_per_call < 1:
+            raise ValueError("mimi_frames_per_call must be >= 1")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         if self.prefill_budget < self.prefill_chunk:

@@ -38,8 +38,9 @@ class _Pending:
 
 class OutputStage:
     def __init__(self, watermarker: Watermarker | None, first_chunk_frames: int, chunk_frames: int,
-                 on_error: Callable[[Request, str], None] | None = None):
+                 on_error: Callable[[Request, str], None] | None = None, torch_threads: int | None = None):
         self.watermarker = watermarker
+        self._torch_threads = torch_threads
         self.on_error = on_error  # tells the engine to stop generating for a stream that failed here
         self.first_chunk_frames = first_chunk_frames if watermarker else 1
         self.chunk_frames = chunk_frames if watermarker else 1
@@ -69,6 +70,8 @@ class OutputStage:
 
     # -- output thread -----------------------------------------------------------------
     def _loop(self) -> None:
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
         while True:
             item = self._queue.get()
             if item is None:
