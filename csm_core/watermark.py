@@ -7,6 +7,7 @@ normalises with the statistics of its own input: never put two streams in one ca
 from __future__ import annotations
 
 import argparse
+import copy
 import threading
 import warnings
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 import torchaudio.functional as AF
 import yaml
 from silentcipher.server import Model, get_model
+from silentcipher.stft import STFT
 
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, SAMPLE_RATE
 
@@ -30,7 +32,8 @@ MESSAGE_SDR_DB = 36  # the reference's strength
 _RANDOM_SEED = 20_250_302
 
 # silentcipher's STFT is a process-wide singleton holding per-call state (`num_samples`),
-# shared by every model instance: one call at a time in the whole process.
+# shared by every model it builds: models that share it take this lock. A `replica()` gets an
+# STFT of its own (and its own lock), so replicas watermark in parallel.
 _SILENTCIPHER_LOCK = threading.Lock()
 
 
@@ -42,9 +45,23 @@ class WatermarkCheck:
 
 
 class Watermarker:
-    def __init__(self, model: Model, key: tuple[int, ...]):
+    def __init__(self, model: Model, key: tuple[int, ...], lock: threading.Lock = _SILENTCIPHER_LOCK):
         self.model = model
         self.key = key
+        self._lock = lock
+
+    def replica(self) -> Watermarker:
+        """A copy that can run at the same time as this one, on another thread: its own copy of
+        the model (silentcipher's BatchNorm layers run in training mode and update their
+        buffers on every call) and its own STFT, outside silentcipher's singleton."""
+        stft = self.model.stft
+        model = copy.copy(self.model)
+        model.enc_c, model.dec_c = copy.deepcopy(self.model.enc_c), copy.deepcopy(self.model.dec_c)
+        model.dec_m = copy.deepcopy(self.model.dec_m)
+        private = STFT.__new__(STFT)  # not STFT(...): its metaclass hands out the shared instance
+        STFT.__init__(private, stft.filter_length, stft.hop_len)
+        model.stft = private.to(stft.window.device)
+        return Watermarker(model, self.key, threading.Lock())
 
     @classmethod
     def load(
@@ -78,7 +95,7 @@ class Watermarker:
             return pcm.clone()
         wave = pcm.detach().to("cpu", torch.float32)
         high = AF.resample(wave, SAMPLE_RATE, WATERMARK_SAMPLE_RATE)  # [ceil(n * 147 / 80)]
-        with _SILENTCIPHER_LOCK:
+        with self._lock:
             marked, _ = self.model.encode_wav(
                 high.numpy(), WATERMARK_SAMPLE_RATE, list(self.key), calc_sdr=False, message_sdr=MESSAGE_SDR_DB
             )
@@ -95,7 +112,7 @@ class Watermarker:
         if pcm.numel() == 0 or not bool(pcm.any()):
             return WatermarkCheck(detected=False, key=None, confidence=None)
         high = AF.resample(pcm.detach().to("cpu", torch.float32), SAMPLE_RATE, WATERMARK_SAMPLE_RATE)
-        with _SILENTCIPHER_LOCK, warnings.catch_warnings():
+        with self._lock, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy warns when the audio holds no full message
             result = self.model.decode_wav(high.numpy(), WATERMARK_SAMPLE_RATE, phase_shift_decoding=phase_shift_decoding)
         if not result["status"]:

@@ -348,7 +348,8 @@ class EngineBench:
     def tuning(self) -> dict:
         c = self.engine.config
         return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
-                "torch_threads": self.engine.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call}
+                "torch_threads": self.engine.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
+                "output_workers": self.engine.output_workers}
 
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
                     tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
@@ -524,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-budget", type=int, help="engine: prompt positions prefilled per step (default: the engine's)")
     p.add_argument("--torch-threads", type=int, help="engine: intra-op threads per pipeline thread (default: the engine's)")
     p.add_argument("--mimi-frames-per-call", type=int, help="engine: most steps merged into one Mimi call")
+    p.add_argument("--output-workers", type=int, help="engine: output (watermark) threads (default: the engine's)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     return p
@@ -584,7 +586,7 @@ def format_table(runs: list[dict]) -> str:
 
 def engine_tuning(args: argparse.Namespace) -> dict:
     """EngineConfig fields set on the command line (the others keep the engine's defaults)."""
-    names = ("prefill_budget", "torch_threads", "mimi_frames_per_call")
+    names = ("prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
          "frame gaps steadier", type=int)
     flag("--torch-threads", "CSM_TORCH_THREADS", None,
          "CPU: intra-op threads of each pipeline thread (model, Mimi, output); unset: half the cores", type=int)
+    flag("--output-workers", "CSM_OUTPUT_WORKERS", None,
+         "output (watermark, resampling) threads; unset: with the watermark on a CPU, one per --torch-threads "
+         "share of the cores, else 1", type=int)
     flag("--host", "CSM_HOST", "0.0.0.0", "address to listen on (gRPC and metrics)")
     flag("--port", "CSM_PORT", "50051", "gRPC port", type=int)
     flag("--metrics-port", "CSM_METRICS_PORT", "9090", "Prometheus /metrics port; 0 disables", type=int)
@@ -152,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             max_queue=args.max_queue,
             prefill_budget=args.prefill_budget,
             torch_threads=args.torch_threads,
+            output_workers=args.output_workers,
             watermark=args.watermark,
             watermark_key=args.watermark_key,
             watermark_weights=args.watermark_weights,

@@ -103,3 +103,21 @@ def test_cost_per_second_of_audio(marker: Watermarker) -> None:
     start = time.perf_counter()
     marker.apply(pcm)
     print(f"watermark: {1000 * (time.perf_counter() - start):.0f} ms per 1 s of audio")
+
+
+def test_replica_watermarks_in_parallel_like_the_original(marker: Watermarker) -> None:
+    """A replica has its own model copy and STFT (silentcipher's is a process-wide singleton
+    with per-call state): two threads watermarking different lengths at once give exactly
+    what one thread gives, one call after the other."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    replica = marker.replica()
+    assert replica.model.stft is not marker.model.stft and replica.model.enc_c is not marker.model.enc_c
+    a, b = _speechlike(5, 24_000), _speechlike(6, 7_680)
+    # results depend on the intra-op thread count (reduction order): the same on every thread here
+    with ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        want_a = pool.submit(marker.apply, a).result()
+        want_b = pool.submit(marker.apply, b).result()
+        for _ in range(3):
+            got_a, got_b = pool.submit(marker.apply, a), pool.submit(replica.apply, b)
+            assert torch.equal(got_a.result(), want_a) and torch.equal(got_b.result(), want_b)

@@ -29,6 +29,9 @@ class EngineConfig:
     # concurrently, so each gets a share of the cores; None: half the usable cores (at least 1).
     torch_threads: int | None = None
     mimi_frames_per_call: int = 4  # most steps Mimi merges into one call when it falls behind
+    # Output threads (watermark, resampling); streams are spread over them by slot. None: on CPU
+    # with the watermark on, one per torch_threads share of the cores; otherwise 1.
+    output_workers: int | None = None
     # Output
     watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
     watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)
@@ -49,6 +52,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
+        if self.output_workers is not None and self.output_workers < 1:
+            raise ValueError("output_workers must be >= 1")
         if self.mimi_frames_per_call < 1:
             raise ValueError("mimi_frames_per_call must be >= 1")
         if self.max_queue < 0:

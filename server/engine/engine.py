@@ -59,8 +59,11 @@ def stage_threads(configured: int | None, device: torch.device) -> int | None:
         return configured
     if device.type != "cpu":
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2)
+    return max(1, usable_cores() // 2)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class Engine:
@@ -93,8 +96,11 @@ class Engine:
             self._cancel(req.id, error)
 
         self.torch_threads = stage_threads(config.torch_threads, device)
+        self.output_workers = config.output_workers or (
+            max(1, usable_cores() // self.torch_threads) if self.watermarker and self.torch_threads else 1)
         self.output = OutputStage(self.watermarker, config.watermark_first_chunk_frames,
-                                  config.watermark_chunk_frames, on_error=fail, torch_threads=self.torch_threads)
+                                  config.watermark_chunk_frames, on_error=fail, torch_threads=self.torch_threads,
+                                  workers=self.output_workers)
         self.audio = AudioDecoder(self.mimi, config.max_slots, self.output, on_error=fail,
                                   max_frames_per_call=config.mimi_frames_per_call, torch_threads=self.torch_threads)
         self.limits = EngineLimits(

@@ -1,4 +1,4 @@
-"""The per-stream output stage, on its own thread: chunking, watermark, resampling, hand-off.
+"""The per-stream output stage, on threads of its own: chunking, watermark, resampling, hand-off.
 
 Chunking policy: without a watermark every frame (80 ms) goes out as soon as Mimi decodes it.
 With the watermark, a stream's first chunk is `first_chunk_frames` frames (small, for time
@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,44 +36,78 @@ class _Pending:
     sent_chunks: int = 0
 
 
+@dataclass(eq=False)
+class _Worker:
+    """One output thread and the streams it owns (by slot), with a watermarker of its own."""
+
+    watermarker: Watermarker | None
+    queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    pending: dict[str, _Pending] = field(default_factory=dict)
+    failed: set[str] = field(default_factory=set)  # streams already ended with an error here
+    busy_s: float = 0.0
+    thread: threading.Thread | None = None
+
+
 class OutputStage:
+    """`workers` threads; a stream always goes to the same one (slot modulo workers), so its
+    chunks stay in order, while different streams are watermarked in parallel. On CPU the
+    watermark costs about a second of one core per second of audio, so with it on the engine
+    runs one worker per share of the cores (server/engine/engine.py)."""
+
     def __init__(self, watermarker: Watermarker | None, first_chunk_frames: int, chunk_frames: int,
-                 on_error: Callable[[Request, str], None] | None = None, torch_threads: int | None = None):
+                 on_error: Callable[[Request, str], None] | None = None, torch_threads: int | None = None,
+                 workers: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self.watermarker = watermarker
         self._torch_threads = torch_threads
         self.on_error = on_error  # tells the engine to stop generating for a stream that failed here
         self.first_chunk_frames = first_chunk_frames if watermarker else 1
         self.chunk_frames = chunk_frames if watermarker else 1
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: dict[str, _Pending] = {}
-        self._failed: set[str] = set()  # streams already ended with an error here
-        self._thread = threading.Thread(target=self._loop, name="csm-output", daemon=True)
-        self.busy_s = 0.0  # time spent watermarking/resampling (read by stats)
-        self._thread.start()
+        marks = [watermarker] + [watermarker.replica() for _ in range(workers - 1)] if watermarker else [None] * workers
+        self._workers = [_Worker(mark) for mark in marks]
+        for i, w in enumerate(self._workers):
+            w.thread = threading.Thread(target=self._loop, args=(w,), name=f"csm-output-{i}", daemon=True)
+            w.thread.start()
 
-    # -- engine thread -----------------------------------------------------------------
+    @property
+    def busy_s(self) -> float:
+        """Time spent watermarking/resampling, summed over the workers (read by stats)."""
+        return sum(w.busy_s for w in self._workers)
+
+    def _worker(self, req: Request) -> _Worker:
+        return self._workers[(req.slot or 0) % len(self._workers)]
+
+    # -- engine and Mimi threads -------------------------------------------------------
     def frame(self, req: Request, pcm: torch.Tensor) -> None:
-        self._queue.put(("frame", req, pcm))
+        self._worker(req).queue.put(("frame", req, pcm))
 
     def finish(self, req: Request) -> None:
-        self._queue.put(("finish", req, None))
+        self._worker(req).queue.put(("finish", req, None))
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=10)
+        for w in self._workers:
+            w.queue.put(None)
+        for w in self._workers:
+            w.thread.join(timeout=10)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is delivered."""
-        done = threading.Event()
-        self._queue.put(("barrier", done, None))
-        done.wait(timeout)
+        barriers = []
+        for w in self._workers:
+            done = threading.Event()
+            w.queue.put(("barrier", done, None))
+            barriers.append(done)
+        deadline = time.monotonic() + timeout
+        for done in barriers:
+            done.wait(max(0.0, deadline - time.monotonic()))
 
-    # -- output thread -----------------------------------------------------------------
-    def _loop(self) -> None:
+    # -- output threads ----------------------------------------------------------------
+    def _loop(self, w: _Worker) -> None:
         if self._torch_threads:
             torch.set_num_threads(self._torch_threads)
         while True:
-            item = self._queue.get()
+            item = w.queue.get()
             if item is None:
                 return
             kind, req, pcm = item
@@ -81,42 +115,42 @@ class OutputStage:
                 req.set()
                 continue
             t0 = time.perf_counter()
-            if req.id in self._failed:
+            if req.id in w.failed:
                 if kind == "finish":
-                    self._failed.discard(req.id)
+                    w.failed.discard(req.id)
                 continue
             try:
                 if kind == "frame":
-                    self._on_frame(req, pcm)
+                    self._on_frame(w, req, pcm)
                 else:
-                    self._on_finish(req)
+                    self._on_finish(w, req)
             except Exception as e:  # a failure here ends this stream only
                 log.exception("output stage failed for request %s", req.id)
-                self._pending.pop(req.id, None)
-                self._failed.add(req.id)
+                w.pending.pop(req.id, None)
+                w.failed.add(req.id)
                 req.stream.push(_finished(req, FinishReason.ERROR, f"audio output failed: {e}", False))
                 if self.on_error is not None and kind == "frame":
                     self.on_error(req, f"audio output failed: {e}")
-            self.busy_s += time.perf_counter() - t0
+            w.busy_s += time.perf_counter() - t0
 
-    def _on_frame(self, req: Request, pcm: torch.Tensor) -> None:
-        p = self._pending.setdefault(req.id, _Pending([]))
+    def _on_frame(self, w: _Worker, req: Request, pcm: torch.Tensor) -> None:
+        p = w.pending.setdefault(req.id, _Pending([]))
         p.chunks.append(pcm)
         p.frames += 1
         target = self.first_chunk_frames if p.sent_chunks == 0 else self.chunk_frames
         if p.frames >= target:
-            self._emit(req, p)
+            self._emit(w, req, p)
 
-    def _on_finish(self, req: Request) -> None:
-        p = self._pending.pop(req.id, None)
+    def _on_finish(self, w: _Worker, req: Request) -> None:
+        p = w.pending.pop(req.id, None)
         if p is not None and p.frames and req.finish_reason is not FinishReason.ERROR:
-            self._emit(req, p)
+            self._emit(w, req, p)
         req.stream.push(_finished(req, req.finish_reason, req.error, self.watermarker is not None))
 
-    def _emit(self, req: Request, p: _Pending) -> None:
+    def _emit(self, w: _Worker, req: Request, p: _Pending) -> None:
         audio = torch.cat(p.chunks)  # [frames * 1920]
-        if self.watermarker is not None:
-            audio = self.watermarker.apply(audio)
+        if w.watermarker is not None:
+            audio = w.watermarker.apply(audio)
         if req.params.output_sample_rate != SAMPLE_RATE:
             audio = resample(audio, SAMPLE_RATE, req.params.output_sample_rate)
         if req.t_first_audio is None:
