@@ -152,6 +152,9 @@ class AudioDecoder:
             return
         finally:
             self.busy_s += time.perf_counter() - t0
-        for t, step in enumerate(steps):
+        made: dict[int, tuple[Request, int, int]] = {}  # id(req) -> (req, slot, frames in this call)
+        for step in steps:
             for req, slot, _ in step:
-                self.output.frame(req, pcm[slot, t * FRAME_SAMPLES : (t + 1) * FRAME_SAMPLES])
+                made[id(req)] = (req, slot, made[id(req)][2] + 1 if id(req) in made else 1)
+        for req, slot, n in made.values():  # a stream's frames of one call go out together
+            self.output.frame(req, pcm[slot, : n * FRAME_SAMPLES], n)

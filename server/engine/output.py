@@ -1,6 +1,7 @@
 """The per-stream output stage, on threads of its own: chunking, watermark, resampling, hand-off.
 
-Chunking policy: without a watermark every frame (80 ms) goes out as soon as Mimi decodes it.
+Chunking policy: without a watermark, frames go out as soon as Mimi decodes them (the frames of
+one stream that one Mimi call decoded, usually 1-4, go out together as one chunk).
 With the watermark, a stream's first chunk is `first_chunk_frames` frames (small, for time
 to first audio) and later chunks `chunk_frames` frames (about a second, enough for
 silentcipher to carry its whole message); the remainder is flushed when the stream ends.
@@ -79,8 +80,9 @@ class OutputStage:
         return self._workers[(req.slot or 0) % len(self._workers)]
 
     # -- engine and Mimi threads -------------------------------------------------------
-    def frame(self, req: Request, pcm: torch.Tensor) -> None:
-        self._worker(req).queue.put(("frame", req, pcm))
+    def frame(self, req: Request, pcm: torch.Tensor, frames: int = 1) -> None:
+        """`frames` consecutive frames of one stream, pcm [frames * 1920]."""
+        self._worker(req).queue.put(("frame", req, (pcm, frames)))
 
     def finish(self, req: Request) -> None:
         self._worker(req).queue.put(("finish", req, None))
@@ -121,7 +123,7 @@ class OutputStage:
                 continue
             try:
                 if kind == "frame":
-                    self._on_frame(w, req, pcm)
+                    self._on_frame(w, req, *pcm)
                 else:
                     self._on_finish(w, req)
             except Exception as e:  # a failure here ends this stream only
@@ -133,10 +135,10 @@ class OutputStage:
                     self.on_error(req, f"audio output failed: {e}")
             w.busy_s += time.perf_counter() - t0
 
-    def _on_frame(self, w: _Worker, req: Request, pcm: torch.Tensor) -> None:
+    def _on_frame(self, w: _Worker, req: Request, pcm: torch.Tensor, frames: int) -> None:
         p = w.pending.setdefault(req.id, _Pending([]))
         p.chunks.append(pcm)
-        p.frames += 1
+        p.frames += frames
         target = self.first_chunk_frames if p.sent_chunks == 0 else self.chunk_frames
         if p.frames >= target:
             self._emit(w, req, p)
