@@ -6,6 +6,7 @@ one streaming state per engine slot so every decoding slot is decoded in one bat
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -114,6 +115,12 @@ class MimiStreamDecoder:
             if isinstance(module, StreamingMultiheadAttention)
         ]
         self._exits = [module.streaming(batch_size) for module in self._streaming]
+        self._states = [
+            module._streaming_state
+            for part in self._streaming
+            for module in part.modules()
+            if isinstance(module, StreamingModule) and module._streaming_state is not None
+        ]
 
     def reset(self, rows: list[int]) -> None:
         """New requests took these rows: their state goes back to the start of a stream."""
@@ -134,13 +141,49 @@ class MimiStreamDecoder:
                 f"expected codes [{self.batch_size}, {NUM_CODEBOOKS}, T] and active [{self.batch_size}], "
                 f"got {tuple(codes.shape)} and {tuple(active.shape)}"
             )
-        active = active.to(self._device, torch.bool)
-        for module in self._streaming:
-            module.set_exec_mask(active)
-        saved = self._save_ring_slots(codes.shape[-1])
-        wave = self._model.decode(codes.to(self._device))[:, 0]  # [B, T * 1920]
-        self._restore_ring_slots(saved, active)
+        rows = self.batch_size
+        if self._device.type == "cpu":  # only rows up to the last active one run (see _narrowed)
+            rows = int(active.nonzero().max()) + 1 if bool(active.any()) else 1
+        active = active.to(self._device, torch.bool)[:rows]
+        with self._narrowed(rows):
+            for module in self._streaming:
+                module.set_exec_mask(active)
+            saved = self._save_ring_slots(codes.shape[-1])
+            wave = self._model.decode(codes[:rows].to(self._device))[:, 0]  # [rows, T * 1920]
+            self._restore_ring_slots(saved, active)
+        if rows < self.batch_size:
+            wave = torch.cat([wave, wave.new_zeros(self.batch_size - rows, wave.shape[1])])
         return wave
+
+    @contextlib.contextmanager
+    def _narrowed(self, rows: int):
+        """Run on the first `rows` rows only: a lone stream in slot 0 of an 8-slot engine then
+        pays for one row, not eight. Every streaming state tensor (batch first; the ring KV
+        caches' [2, B, ...]) is swapped for a view of its first rows for the call; moshi updates
+        its states in place (that is how it honours exec masks), so the writes land in the
+        full tensors, which are put back afterwards. CPU only: on CUDA moshi graphs the
+        exec-mask update for the full batch."""
+        if rows == self.batch_size:
+            yield
+            return
+        swapped: list[tuple[object, str, torch.Tensor]] = []
+        try:
+            for state in self._states:
+                targets = [state] + ([state.kv_cache] if getattr(state, "kv_cache", None) is not None else [])
+                for obj in targets:
+                    for name, value in vars(obj).items():
+                        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                            continue
+                        if obj is not state and name == "cache":  # RingKVCache: [2, B, heads, capacity, dim]
+                            swapped.append((obj, name, value))
+                            setattr(obj, name, value[:, :rows])
+                        elif value.shape[0] == self.batch_size:
+                            swapped.append((obj, name, value))
+                            setattr(obj, name, value[:rows])
+            yield
+        finally:
+            for obj, name, value in reversed(swapped):
+                setattr(obj, name, value)
 
     def close(self) -> None:
         for exit_stack in self._exits:

@@ -203,3 +203,29 @@ def test_stream_decoder_uses_gemm_conv_transpose_and_keeps_codec_modules(codec: 
     assert not any(isinstance(m, GemmConvTranspose1d) for m in codec.model.modules())
     assert all(any(m.weight is p for p in codec.model.parameters()) for m in fast)  # weights shared
     decoder.close()
+
+
+def test_stream_decoder_runs_only_rows_up_to_the_last_active_one(codec: MimiCodec) -> None:
+    """Calls whose active rows end early run on a narrowed view of the streaming state; rows
+    that join later and rows that sat out continue exactly where they were."""
+    codes = {row: _codes(20 + row, 6) for row in range(3)}
+    # per call: which rows are active (row 2 starts late; row 1 sits out the middle calls)
+    plan = [(0, 1), (0,), (0, 2), (0, 1, 2), (0,), (1, 2)]
+    decoder = codec.stream_decoder(3)
+    got = {row: [] for row in range(3)}
+    used = {row: 0 for row in range(3)}
+    for active_rows in plan:
+        batch = torch.zeros(3, NUM_CODEBOOKS, 1, dtype=torch.long)
+        active = torch.zeros(3, dtype=torch.bool)
+        for row in active_rows:
+            batch[row] = codes[row][0, :, used[row] : used[row] + 1]
+            active[row] = True
+        wave = decoder.decode(batch, active)
+        assert wave.shape == (3, FRAME_SAMPLES)
+        for row in active_rows:
+            got[row].append(wave[row])
+            used[row] += 1
+    decoder.close()
+    for row in range(3):
+        alone = _solo(codec, codes[row][0, :, : used[row]], 1)
+        torch.testing.assert_close(torch.cat(got[row]), alone, atol=ATOL, rtol=0, msg=f"row {row}")
