@@ -115,12 +115,7 @@ class MimiStreamDecoder:
             if isinstance(module, StreamingMultiheadAttention)
         ]
         self._exits = [module.streaming(batch_size) for module in self._streaming]
-        self._states = [
-            module._streaming_state
-            for part in self._streaming
-            for module in part.modules()
-            if isinstance(module, StreamingModule) and module._streaming_state is not None
-        ]
+        self._batched = _batched_state_tensors(self._streaming, batch_size)
 
     def reset(self, rows: list[int]) -> None:
         """New requests took these rows: their state goes back to the start of a stream."""
@@ -166,24 +161,14 @@ class MimiStreamDecoder:
         if rows == self.batch_size:
             yield
             return
-        swapped: list[tuple[object, str, torch.Tensor]] = []
+        full = [getattr(obj, name) for obj, name, _ in self._batched]
         try:
-            for state in self._states:
-                targets = [state] + ([state.kv_cache] if getattr(state, "kv_cache", None) is not None else [])
-                for obj in targets:
-                    for name, value in vars(obj).items():
-                        if not isinstance(value, torch.Tensor) or value.dim() == 0:
-                            continue
-                        if obj is not state and name == "cache":  # RingKVCache: [2, B, heads, capacity, dim]
-                            swapped.append((obj, name, value))
-                            setattr(obj, name, value[:, :rows])
-                        elif value.shape[0] == self.batch_size:
-                            swapped.append((obj, name, value))
-                            setattr(obj, name, value[:rows])
+            for (obj, name, dim), tensor in zip(self._batched, full):
+                setattr(obj, name, tensor.narrow(dim, 0, rows))
             yield
         finally:
-            for obj, name, value in reversed(swapped):
-                setattr(obj, name, value)
+            for (obj, name, _), tensor in zip(self._batched, full):
+                setattr(obj, name, tensor)
 
     def close(self) -> None:
         for exit_stack in self._exits:
@@ -298,6 +283,26 @@ class GemmConvTranspose1d(torch.nn.ConvTranspose1d):
             y[:, :, j : j + length] += z[:, :, j]
         y = y.view(b, c_out, -1)
         return y if self.bias is None else y + self.bias[:, None]
+
+
+def _batched_state_tensors(streaming: list[StreamingModule], batch_size: int) -> list[tuple[object, str, int]]:
+    """(object, attribute, batch dim) of every tensor of the streaming states that has one row
+    per stream: batch first, except the ring KV caches' [2, B, heads, capacity, dim]."""
+    found = []
+    for part in streaming:
+        for module in part.modules():
+            state = getattr(module, "_streaming_state", None) if isinstance(module, StreamingModule) else None
+            if state is None:
+                continue
+            cache = getattr(state, "kv_cache", None)
+            for obj in (state, cache) if cache is not None else (state,):
+                for name, value in vars(obj).items():
+                    if not isinstance(value, torch.Tensor) or value.dim() == 0:
+                        continue
+                    dim = 1 if obj is cache and name == "cache" else 0
+                    if value.shape[dim] == batch_size:
+                        found.append((obj, name, dim))
+    return found
 
 
 def _outermost_streaming(module: torch.nn.Module) -> list[StreamingModule]:

@@ -20,6 +20,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 
 import torch
@@ -31,13 +32,10 @@ from server.engine.request import Request
 
 log = logging.getLogger(__name__)
 
-MAX_FRAMES_PER_CALL = 4  # Mimi cost per stream-frame at batch 8 (2 cores): ~13 ms with 1 frame per call, ~8.5 with 4
-
-
 class AudioDecoder:
     def __init__(self, mimi: MimiCodec, max_slots: int, output: OutputStage,
-                 on_error: Callable[[Request, str], None], max_frames_per_call: int = MAX_FRAMES_PER_CALL,
-                 max_pending_steps: int | None = None, torch_threads: int | None = None):
+                 on_error: Callable[[Request, str], None], max_frames_per_call: int,
+                 torch_threads: int | None = None):
         self.max_slots = max_slots
         self.output = output
         self.on_error = on_error
@@ -45,7 +43,7 @@ class AudioDecoder:
         # Steps queued and not yet taken by a call: a call's worth, so that when Mimi is the
         # bottleneck the next full call is queued by the time one is decoded, and the engine
         # refills the queue step by step (it never waits for a whole call to end).
-        max_pending_steps = max_pending_steps or max_frames_per_call
+        max_pending_steps = max_frames_per_call
         self._torch_threads = torch_threads
         self._stream = mimi.stream_decoder(max_slots)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending_steps + 4 * max_slots)
@@ -152,9 +150,7 @@ class AudioDecoder:
             return
         finally:
             self.busy_s += time.perf_counter() - t0
-        made: dict[int, tuple[Request, int, int]] = {}  # id(req) -> (req, slot, frames in this call)
-        for step in steps:
-            for req, slot, _ in step:
-                made[id(req)] = (req, slot, made[id(req)][2] + 1 if id(req) in made else 1)
-        for req, slot, n in made.values():  # a stream's frames of one call go out together
-            self.output.frame(req, pcm[slot, : n * FRAME_SAMPLES], n)
+        made = Counter(id(req) for step in steps for req, _, _ in step)  # frames per stream in this call
+        for req, slot, _ in rows:  # every stream of the call is in its first step; its frames come first
+            n = made[id(req)]
+            self.output.frame(req, pcm[slot, : n * FRAME_SAMPLES], n)  # a stream's frames go out together

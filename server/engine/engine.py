@@ -302,7 +302,7 @@ class Engine:
         result = self.runner.run(plan)
         t_mimi = time.perf_counter()
         if result.producers:
-            self.audio.decode(result.producers, result.codes, result.eos)  # waits only if Mimi is 2 steps behind
+            self.audio.decode(result.producers, result.codes, result.eos)  # waits only if Mimi's queue is full
         result.timings["mimi"] = time.perf_counter() - t_mimi
         finished = self._postprocess(plan, result)
         stats = StepStats(

@@ -112,7 +112,7 @@ class OutputStage:
             item = w.queue.get()
             if item is None:
                 return
-            kind, req, pcm = item
+            kind, req, payload = item
             if kind == "barrier":
                 req.set()
                 continue
@@ -123,7 +123,7 @@ class OutputStage:
                 continue
             try:
                 if kind == "frame":
-                    self._on_frame(w, req, *pcm)
+                    self._on_frame(w, req, *payload)
                 else:
                     self._on_finish(w, req)
             except Exception as e:  # a failure here ends this stream only
