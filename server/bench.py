@@ -48,7 +48,11 @@ STEP_KEYS = ("backbone", "depth", "mimi", "other")  # StepStats.breakdown_s, in 
 # Prefill interference
 INTERFERENCE_CONCURRENCY = 8
 INTERFERENCE_STREAM_MS = 20_000  # the running streams are cancelled when the measurement is done
-INTERFERENCE_WARM_FRAMES = 5  # frames every running stream has made before the injection
+# Frames every running stream has received before the injection: past the start-up transient
+# (admissions, Mimi catching up), so that the last INTERFERENCE_BASELINE_S before the injection
+# show their normal step time.
+INTERFERENCE_WARM_FRAMES = 30
+INTERFERENCE_BASELINE_S = 1.5
 INJECTED_AUDIO_MS = 10 * FRAME_MS
 
 TEXTS = (
@@ -424,8 +428,8 @@ def interference_summary(others: list[StreamTrace], made: list[list[float]], inj
       its context audio beside the running streams (lowest CPU priority).
     The delivered audio's gaps are reported too: they also carry Mimi's batching in time
     (several frames per call when Mimi falls behind), which happens with or without a prefill."""
-    t_all_running = max(t.arrivals[0] for t in others if t.arrivals)
     t_inject = injected.t_submit
+    t_all_running = max([t_inject - INTERFERENCE_BASELINE_S] + [t.arrivals[0] for t in others if t.arrivals])
     t_first = injected.arrivals[0] if injected.arrivals else injected.t_done
     window = [(t, s) for t, s in steps if t_inject < t <= t_first]
     prefill = [(t, s) for t, s in window if s.prefill_tokens > 0]

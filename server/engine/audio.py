@@ -9,14 +9,22 @@ time exactly when it needs to and keeps one frame per call otherwise.
 Slot resets, frames and stream ends travel through one FIFO queue. A merged call may span
 streams that end inside it (their rows get padding frames whose output is dropped, and their
 end is passed on after the call), but it stops at a slot reset: a new stream's first frame
-always starts a call, after its row's state was reset. The queue is bounded: when
-`max_pending_steps` steps wait for Mimi, the engine waits (backpressure) rather than letting
-latency grow; a step's place is given back as soon as a call takes it.
+always starts a call, after its row's state was reset.
+
+Backpressure is paced. At most `max_frames_per_call` steps wait for Mimi; when a call takes T
+steps, their T places are given back spread over the call's expected length (one at once, then
+one every call-time / T, from the measured time of recent calls of the same shape), not all at
+once. Without the spreading the engine, faster than Mimi, would make T frames back to back and
+then stall for the rest of the call: every stream's frames would come in lumps (gap p95 ~3x the
+mean) and any longer step (a prefill chunk) would land on top of a stall. Paced, the engine
+makes a frame every call-time / T and spends its slack there, so a prefill chunk that fits in
+the slack costs the running streams nothing. The queue stays full, so Mimi keeps its merged calls.
 """
 
 from __future__ import annotations
 
 import logging
+import bisect
 import queue
 import threading
 import time
@@ -32,6 +40,43 @@ from server.engine.request import Request
 
 log = logging.getLogger(__name__)
 
+# Credits are spread at this multiple of the expected per-step call time. Early (< 1), the
+# engine runs out of credits before the call ends and waits for the rest of it in one gap; late
+# is safe up to T / (T - 1) (the last credit still comes before the call ends, so the next call
+# finds as many steps waiting), so when in doubt, a little late.
+PACE = 1.0
+# Weight of the newest call in the per-shape estimate of Mimi's time per step.
+PACE_EMA = 0.3
+
+
+class PacedCredits:
+    """A counting semaphore whose releases may be dated in the future: `acquire` takes the
+    earliest credit and, when that credit is not due yet, sleeps until it is."""
+
+    def __init__(self, count: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self._clock, self._sleep = clock, sleep
+        self._due: list[float] = [0.0] * count  # sorted due times of the credits not taken
+        self._cv = threading.Condition()
+
+    def acquire(self) -> None:
+        with self._cv:
+            while not self._due:
+                self._cv.wait()
+            due = self._due.pop(0)
+        wait = due - self._clock()
+        if wait > 0:
+            self._sleep(wait)
+
+    def release(self, count: int, spacing_s: float = 0.0) -> None:
+        """Give back `count` credits: the first now, the others `spacing_s` apart."""
+        now = self._clock()
+        with self._cv:
+            for i in range(count):
+                bisect.insort(self._due, now + i * spacing_s)
+            self._cv.notify(count)
+
+
 class AudioDecoder:
     def __init__(self, mimi: MimiCodec, max_slots: int, output: OutputStage,
                  on_error: Callable[[Request, str], None], max_frames_per_call: int,
@@ -42,12 +87,13 @@ class AudioDecoder:
         self.max_frames_per_call = max_frames_per_call
         # Steps queued and not yet taken by a call: a call's worth, so that when Mimi is the
         # bottleneck the next full call is queued by the time one is decoded, and the engine
-        # refills the queue step by step (it never waits for a whole call to end).
+        # refills the queue step by step, paced (it never waits for a whole call to end).
         max_pending_steps = max_frames_per_call
         self._torch_threads = torch_threads
         self._stream = mimi.stream_decoder(max_slots)
         self._queue: queue.Queue = queue.Queue(maxsize=max_pending_steps + 4 * max_slots)
-        self._pending_steps = threading.Semaphore(max_pending_steps)
+        self._credits = PacedCredits(max_pending_steps)
+        self._step_s: dict[tuple[int, int], float] = {}  # (rows, steps) of a call -> seconds per step
         self.busy_s = 0.0  # Mimi decode time (read by stats)
         self.calls = 0
         self.frames = 0  # step-frames decoded (a call of T steps counts T)
@@ -63,7 +109,7 @@ class AudioDecoder:
         rows = [(req, req.slot, codes[i]) for i, req in enumerate(producers) if not eos[i]]
         if not rows:
             return
-        self._pending_steps.acquire()  # backpressure: at most max_pending_steps steps waiting
+        self._credits.acquire()  # backpressure, paced: at most max_pending_steps steps waiting
         self._queue.put(("decode", rows, None))
 
     def finish(self, req: Request) -> None:
@@ -99,11 +145,24 @@ class AudioDecoder:
                 self.output.flush()
                 arg.set()
             else:
-                self._pending_steps.release()
                 steps, finished, carry = self._gather(arg)
+                shape = (max(slot for _, slot, _ in arg) + 1, len(steps))
+                self._credits.release(len(steps), PACE * self._expected_step_s(shape))
+                t0 = time.perf_counter()
                 self._decode(steps)
+                per_step = (time.perf_counter() - t0) / len(steps)
+                last = self._step_s.get(shape)
+                self._step_s[shape] = per_step if last is None else last + PACE_EMA * (per_step - last)
                 for req in finished:  # after their last frames
                     self.output.finish(req)
+
+    def _expected_step_s(self, shape: tuple[int, int]) -> float:
+        """Seconds per step of a call of `shape` (rows, steps): measured, else that of the same
+        rows with the nearest number of steps, else 0 (no pacing until a call was timed)."""
+        if shape in self._step_s:
+            return self._step_s[shape]
+        known = [(abs(t - shape[1]), s) for (rows, t), s in self._step_s.items() if rows == shape[0]]
+        return min(known)[1] if known else 0.0
 
     def _gather(self, first: list) -> tuple[list[list], list[Request], tuple | None]:
         """The queued steps that can join `first` in one call: each of their rows must be a
@@ -119,7 +178,6 @@ class AudioDecoder:
             if nxt is not None and nxt[0] == "finish":
                 finished.append(nxt[1])
             elif nxt is not None and nxt[0] == "decode" and all(id(req) in members for req, _, _ in nxt[1]):
-                self._pending_steps.release()
                 steps.append(nxt[1])
             else:
                 return steps, finished, nxt

@@ -29,7 +29,8 @@ class EngineConfig:
     # concurrently, so each gets a share of the cores; None: half the usable cores (at least 1).
     torch_threads: int | None = None
     # Most steps Mimi merges into one call when it falls behind (per stream-frame at batch 8 on
-    # 2 cores: ~13 ms with 1 frame per call, ~8.5 ms with 4); also the steps that may wait for it.
+    # 2 cores: ~13 ms with 1 frame per call, ~8.5 ms with 4); also the steps that may wait for it
+    # (the engine is paced to Mimi's speed: server/engine/audio.py).
     mimi_frames_per_call: int = 4
     # Output threads (watermark, resampling); streams are spread over them by slot. None: on CPU
     # with the watermark on, one per torch_threads share of the cores; otherwise 1.

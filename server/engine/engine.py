@@ -298,9 +298,11 @@ class Engine:
             req.t_admitted = time.monotonic()
             with self._lock:
                 self._num_queued -= 1
-            self.audio.reset(req.slot)
         result = self.runner.run(plan)
         t_mimi = time.perf_counter()
+        for req in result.producers:
+            if req.num_frames == 0:  # its first frame: its Mimi row starts clean (reset just before,
+                self.audio.reset(req.slot)  # not at admission: a reset ends a merged Mimi call)
         if result.producers:
             self.audio.decode(result.producers, result.codes, result.eos)  # waits only if Mimi's queue is full
         result.timings["mimi"] = time.perf_counter() - t_mimi
