@@ -57,8 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--max-queue", "CSM_MAX_QUEUE", "64", "requests that may wait for a slot; more get RESOURCE_EXHAUSTED",
          type=int)
     flag("--prefill-budget", "CSM_PREFILL_BUDGET", "128",
-         "prompt positions prefilled per engine step: higher admits bursts faster, lower keeps running streams' "
-         "frame gaps steadier", type=int)
+         "prompt positions prefilled per engine step while streams are decoding: higher admits new requests "
+         "faster, lower keeps running streams' frame gaps steadier", type=int)
+    flag("--idle-prefill-budget", "CSM_IDLE_PREFILL_BUDGET", "512",
+         "prompt positions prefilled per engine step while no stream is decoding", type=int)
     flag("--torch-threads", "CSM_TORCH_THREADS", None,
          "CPU: intra-op threads of each pipeline thread (model, Mimi, output); unset: half the cores", type=int)
     flag("--output-workers", "CSM_OUTPUT_WORKERS", None,
@@ -154,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             max_slots=args.max_slots,
             max_queue=args.max_queue,
             prefill_budget=args.prefill_budget,
+            idle_prefill_budget=args.idle_prefill_budget,
             torch_threads=args.torch_threads,
             output_workers=args.output_workers,
             watermark=args.watermark,

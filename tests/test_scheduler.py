@@ -65,6 +65,20 @@ def test_decoding_never_waits_for_prefill():
         plan.prefill[0].request.num_prefilled = plan.prefill[0].end
 
 
+def test_idle_budget_only_while_nothing_decodes():
+    s = Scheduler(num_slots=4, prefill_chunk=8, prefill_budget=8, idle_prefill_budget=32)
+    burst = [req(f"r{i}", 10) for i in range(3)]
+    for r in burst:
+        s.add(r)
+    plan = s.schedule()  # idle server: the burst's prompts in one step
+    assert plan.num_prefill_tokens == 30 and sum(c.completes_prompt for c in plan.prefill) == 3  # chunks of 8
+    for r in burst:
+        r.num_prefilled, r.status = 10, RequestStatus.DECODING
+    s.add(req("late", 40))
+    plan = s.schedule()  # streams decoding: the normal budget
+    assert plan.num_prefill_tokens == 8 and len(plan.decode) == 3
+
+
 def test_finish_waiting_request():
     s = Scheduler(num_slots=1, prefill_chunk=8, prefill_budget=8)
     a, b = req("a", 4), req("b", 4)

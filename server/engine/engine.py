@@ -91,7 +91,8 @@ class Engine:
             self.watermarker = Watermarker.load(wm_src, str(device), key=tuple(config.watermark_key))
         max_seq = min(config.max_seq_len or lm.config.backbone.max_seq_len, lm.config.backbone.max_seq_len)
         self.runner = ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs)
-        self.scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget)
+        self.scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget,
+                                   config.idle_prefill_budget)
         def fail(req: Request, error: str) -> None:
             self._cancel(req.id, error)
 

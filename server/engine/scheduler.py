@@ -3,7 +3,10 @@
 The rule: each step, every decoding request produces one frame, and the prefill budget is
 spent on prompt chunks of requests that have a slot, oldest first. A request whose last
 prompt chunk is computed this step produces its first frame in the same step. Long prompts
-are thus prefilled over several steps while the others keep decoding.
+are thus prefilled over several steps while the others keep decoding. The budget bounds how
+much a step can delay the decoding streams' next frames; a step with no stream decoding
+delays nobody, so it gets the larger idle budget (a burst into an idle server is admitted in
+one step).
 """
 
 from __future__ import annotations
@@ -63,10 +66,12 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, num_slots: int, prefill_chunk: int, prefill_budget: int):
+    def __init__(self, num_slots: int, prefill_chunk: int, prefill_budget: int,
+                 idle_prefill_budget: int | None = None):
         self.slots = SlotPool(num_slots)
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget
+        self.idle_prefill_budget = max(prefill_budget, idle_prefill_budget or 0)
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
 
@@ -81,7 +86,8 @@ class Scheduler:
             req.status = RequestStatus.PREFILLING
             self.running.append(req)
             out.admitted.append(req)
-        budget = self.prefill_budget
+        decoding = any(req.status is RequestStatus.DECODING for req in self.running)
+        budget = self.prefill_budget if decoding else self.idle_prefill_budget
         for req in self.running:
             if req.status is RequestStatus.DECODING:
                 out.decode.append(req)
