@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from server.engine.audio import PacedCredits
+from server.engine.audio import AudioDecoder, PacedCredits
 
 
 class FakeClock:
@@ -76,3 +76,14 @@ def test_acquire_waits_for_a_release():
     credits.release(1)
     assert got.wait(5)
     th.join()
+
+
+def test_expected_call_time_from_the_nearest_measured_shape():
+    decoder = AudioDecoder.__new__(AudioDecoder)  # only its estimate table
+    decoder._step_s = {}
+    assert decoder._expected_step_s((8, 4)) == 0.0  # nothing timed yet: no pacing
+    decoder._step_s = {(7, 4): 0.070, (7, 1): 0.100, (1, 1): 0.020}
+    assert decoder._expected_step_s((7, 4)) == 0.070
+    assert decoder._expected_step_s((7, 3)) == 0.070  # same rows, nearest steps
+    assert decoder._expected_step_s((8, 4)) == pytest.approx(0.080)  # nearest rows, scaled by rows
+    assert decoder._expected_step_s((2, 1)) == pytest.approx(0.040)

@@ -157,12 +157,17 @@ class AudioDecoder:
                     self.output.finish(req)
 
     def _expected_step_s(self, shape: tuple[int, int]) -> float:
-        """Seconds per step of a call of `shape` (rows, steps): measured, else that of the same
-        rows with the nearest number of steps, else 0 (no pacing until a call was timed)."""
+        """Seconds per step of a call of `shape` (rows, steps): as measured, else from the nearest
+        measured shape (rows first, then steps), scaled by rows (a call's cost is about linear in
+        its rows); 0 (no pacing) until a call was timed."""
         if shape in self._step_s:
             return self._step_s[shape]
-        known = [(abs(t - shape[1]), s) for (rows, t), s in self._step_s.items() if rows == shape[0]]
-        return min(known)[1] if known else 0.0
+        if not self._step_s:
+            return 0.0
+        rows, steps = shape
+        (near_rows, _), per_step = min(self._step_s.items(),
+                                       key=lambda kv: (abs(kv[0][0] - rows), abs(kv[0][1] - steps)))
+        return per_step * rows / near_rows
 
     def _gather(self, first: list) -> tuple[list[list], list[Request], tuple | None]:
         """The queued steps that can join `first` in one call: each of their rows must be a
