@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from server.engine.audio import AudioDecoder, PacedCredits
+from server.engine.audio import CALL_OVERHEAD_FRAMES, AudioDecoder, PacedCredits
 
 
 class FakeClock:
@@ -84,6 +84,9 @@ def test_expected_call_time_from_the_nearest_measured_shape():
     assert decoder._expected_step_s((8, 4)) == 0.0  # nothing timed yet: no pacing
     decoder._step_s = {(7, 4): 0.070, (7, 1): 0.100, (1, 1): 0.020}
     assert decoder._expected_step_s((7, 4)) == 0.070
-    assert decoder._expected_step_s((7, 3)) == 0.070  # same rows, nearest steps
     assert decoder._expected_step_s((8, 4)) == pytest.approx(0.080)  # nearest rows, scaled by rows
     assert decoder._expected_step_s((2, 1)) == pytest.approx(0.040)
+    # same rows, nearest steps: fewer steps per call cost more per step (the call's fixed cost)
+    per_frame = 0.070 * 4 / (4 + CALL_OVERHEAD_FRAMES)
+    assert decoder._expected_step_s((7, 3)) == pytest.approx(per_frame * (3 + CALL_OVERHEAD_FRAMES) / 3)
+    assert decoder._expected_step_s((7, 3)) > 0.070

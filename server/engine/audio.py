@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 PACE = 1.0
 # Weight of the newest call in the per-shape estimate of Mimi's time per step.
 PACE_EMA = 0.3
+# A Mimi call's fixed cost, in frames' worth of its per-frame cost (a call of T frames costs
+# about T + CALL_OVERHEAD_FRAMES frames; on 2 CPU cores, 8 rows: ~100 ms for 1 frame, ~270 ms
+# for 4). Used only to guess a call shape not timed yet from one that was.
+CALL_OVERHEAD_FRAMES = 0.8
 
 
 class PacedCredits:
@@ -158,16 +162,18 @@ class AudioDecoder:
 
     def _expected_step_s(self, shape: tuple[int, int]) -> float:
         """Seconds per step of a call of `shape` (rows, steps): as measured, else from the nearest
-        measured shape (rows first, then steps), scaled by rows (a call's cost is about linear in
-        its rows); 0 (no pacing) until a call was timed."""
+        measured shape (rows first, then steps), scaled to these rows (a call's cost is about
+        linear in its rows) and steps (T frames cost about T + CALL_OVERHEAD_FRAMES);
+        0 (no pacing) until a call was timed."""
         if shape in self._step_s:
             return self._step_s[shape]
         if not self._step_s:
             return 0.0
         rows, steps = shape
-        (near_rows, _), per_step = min(self._step_s.items(),
-                                       key=lambda kv: (abs(kv[0][0] - rows), abs(kv[0][1] - steps)))
-        return per_step * rows / near_rows
+        (near_rows, near_steps), per_step = min(self._step_s.items(),
+                                                key=lambda kv: (abs(kv[0][0] - rows), abs(kv[0][1] - steps)))
+        per_frame = per_step * near_steps / (near_steps + CALL_OVERHEAD_FRAMES)
+        return per_frame * (steps + CALL_OVERHEAD_FRAMES) / steps * rows / near_rows
 
     def _gather(self, first: list) -> tuple[list[list], list[Request], tuple | None]:
         """The queued steps that can join `first` in one call: each of their rows must be a
