@@ -23,8 +23,8 @@ the slack costs the running streams nothing. The queue stays full, so Mimi keeps
 
 from __future__ import annotations
 
-import logging
 import bisect
+import logging
 import queue
 import threading
 import time

@@ -301,11 +301,13 @@ class Engine:
                 self._num_queued -= 1
         result = self.runner.run(plan)
         t_mimi = time.perf_counter()
+        # A new stream's Mimi row is reset right before its first frame, not at admission: a
+        # reset ends a merged Mimi call, and the others' calls need not end while it prefills.
         for req in result.producers:
-            if req.num_frames == 0:  # its first frame: its Mimi row starts clean (reset just before,
-                self.audio.reset(req.slot)  # not at admission: a reset ends a merged Mimi call)
+            if req.num_frames == 0:
+                self.audio.reset(req.slot)
         if result.producers:
-            self.audio.decode(result.producers, result.codes, result.eos)  # waits only if Mimi's queue is full
+            self.audio.decode(result.producers, result.codes, result.eos)  # paced to Mimi: may wait
         result.timings["mimi"] = time.perf_counter() - t_mimi
         finished = self._postprocess(plan, result)
         stats = StepStats(
