@@ -384,7 +384,7 @@ class EngineBench:
     def prefill_interference(self, requests: list[SynthesisParams], context_s: float) -> dict:
         """Run INTERFERENCE_CONCURRENCY - 1 streams, inject one request with `context_s` of
         context audio, and compare the others' per-frame gaps while it is encoded and
-        prefilled with their decode-only step time before it came. The running streams are
+        prefilled with their decode-only step time around it (interference_summary). The running streams are
         cancelled once the injected one has finished and each has been heard from since."""
         inject = injected_request(context_s)
         self.closed_loop([inject], 1, "warmup-inject")  # its Mimi encode and prefill shapes, once
@@ -432,20 +432,21 @@ def interference_summary(others: list[StreamTrace], made: list[list[float]], inj
     The delivered audio's gaps are reported too: they also carry Mimi's batching in time
     (several frames per call when Mimi falls behind), which happens with or without a prefill."""
     t_inject = injected.t_submit
-    t_all_running = max([t_inject - INTERFERENCE_BASELINE_S] + [t.arrivals[0] for t in others if t.arrivals])
+    # the baseline before the injection: its last INTERFERENCE_BASELINE_S, once every stream is heard
+    t_base = max([t_inject - INTERFERENCE_BASELINE_S] + [t.arrivals[0] for t in others if t.arrivals])
     t_first = injected.arrivals[0] if injected.arrivals else injected.t_done
     window = [(t, s) for t, s in steps if t_inject < t <= t_first]
     prefill = [(t, s) for t, s in window if s.prefill_tokens > 0]
     t_prefill = (prefill[0][0] - prefill[0][1].duration_s) if prefill else t_first  # start of its first prefill step
     made_gaps = [(a, b) for times in made for a, b in zip(times, times[1:])]
-    before = [b - a for a, b in made_gaps if a >= t_all_running and b <= t_inject]
+    before = [b - a for a, b in made_gaps if a >= t_base and b <= t_inject]
     during = [b - a for a, b in made_gaps if b > t_prefill and a < t_first]
     encoding = [b - a for a, b in made_gaps if b > t_inject and a < t_prefill]
     gaps = [g for t in others for g in t.gaps()]
-    delivered_before = [(b - a) / n for a, b, n in gaps if a >= t_all_running and b <= t_inject]
+    delivered_before = [(b - a) / n for a, b, n in gaps if a >= t_base and b <= t_inject]
     delivered_during = [(b - a) / n for a, b, n in gaps if b > t_prefill and a < t_first]
     decode_only = [(t, s.duration_s) for t, s in steps if s.prefill_tokens == 0]
-    base_before = [d for t, d in decode_only if t_all_running <= t <= t_inject]
+    base_before = [d for t, d in decode_only if t_base <= t <= t_inject]
     base_after = [d for t, d in decode_only if t_first < t <= t_first + INTERFERENCE_BASELINE_S]
     base_steps = base_before + base_after
     # time the engine thread spent between consecutive steps in the window

@@ -152,9 +152,9 @@ class AudioDecoder:
                 steps, finished, carry = self._gather(arg)
                 shape = (max(slot for _, slot, _ in arg) + 1, len(steps))
                 self._credits.release(len(steps), PACE * self._expected_step_s(shape))
-                t0 = time.perf_counter()
+                busy = self.busy_s
                 self._decode(steps)
-                per_step = (time.perf_counter() - t0) / len(steps)
+                per_step = (self.busy_s - busy) / len(steps)  # this call's time, as _decode counts it
                 last = self._step_s.get(shape)
                 self._step_s[shape] = per_step if last is None else last + PACE_EMA * (per_step - last)
                 for req in finished:  # after their last frames
