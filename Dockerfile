@@ -28,14 +28,18 @@ RUN pip install "uv==0.13.*"
 
 WORKDIR /src
 # Dependencies first (the torch layer is large and rarely changes), then the code.
+# protos/ is the csm-wire package (the wire contract) that csm-serve depends on: small and
+# rarely changed, so it comes in with the dependency layer.
 COPY pyproject.toml ./
-RUN uv pip install --system -r pyproject.toml \
+COPY protos/ protos/
+RUN uv pip install --system ./protos -r pyproject.toml \
  && uv pip install --system --no-deps "silentcipher==1.0.5"
 COPY README.md ./
 COPY csm_core/ csm_core/
 COPY server/ server/
-COPY client/ client/
-RUN uv pip install --system --no-deps . \
+COPY client/pyproject.toml client/
+COPY client/csm_client/ client/csm_client/
+RUN uv pip install --system --no-deps . ./client \
  && command -v csm-serve \
  && rm -rf /src
 

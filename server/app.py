@@ -19,7 +19,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from client.pb import speech_pb2, speech_pb2_grpc
+from csm_wire import speech_pb2, speech_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.engine.types import StepStats
 from server.errors import StatusInterceptor

@@ -12,7 +12,7 @@ import enum
 import numpy as np
 import sphn
 
-from client import wav
+from csm_wire import wav
 
 
 class OutputEncoding(enum.Enum):

@@ -16,9 +16,9 @@ from typing import Protocol
 
 import grpc
 
-from client import wav
-from client.pb import speech_pb2 as pb
-from client.pb import speech_pb2_grpc
+from csm_wire import wav
+from csm_wire import speech_pb2 as pb
+from csm_wire import speech_pb2_grpc
 from server.audio_encoding import OutputEncoding, make_encoder
 from server.engine.stream import RequestStream
 from server.engine.types import (

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from client.pb import speech_pb2 as pb
+from csm_wire import speech_pb2 as pb
 from csm_core.audio_io import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, AudioDecodeError, decode_audio
 from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
 from server.audio_encoding import OutputEncoding, rate_rule, supported_rate

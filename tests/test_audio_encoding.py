@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 import sphn
 
-from client import wav
+from csm_wire import wav
 from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 from server.audio_encoding import OPUS_PACKET_SAMPLES, OutputEncoding, make_encoder
 

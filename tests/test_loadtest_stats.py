@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from client.loadtest_args import build_parser, load_prompts
-from client.loadtest_report import RunResult, table
-from client.loadtest_run import Playback, RequestRecord, StepPlan
-from client.loadtest_stats import Slo, percentile, slo_max_load, summarize
+from csm_client.loadtest_args import build_parser, load_prompts
+from csm_client.loadtest_report import RunResult, table
+from csm_client.loadtest_run import Playback, RequestRecord, StepPlan
+from csm_client.loadtest_stats import Slo, percentile, slo_max_load, summarize
 
 
 @pytest.mark.parametrize("values", [[3.0], [5.0, 1.0], [9.0, 2.0, 7.0, 4.0, 4.5, 100.0, 0.5]])

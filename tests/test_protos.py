@@ -7,18 +7,18 @@ from pathlib import Path
 from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ROOT / "client" / "pb"
+GENERATED = ROOT / "protos" / "csm_wire"
 PROTO = "csm/v1/speech.proto"
 
 
 def test_committed_python_code_matches_the_protos(tmp_path):
     subprocess.run([str(ROOT / "scripts" / "gen_protos.sh"), str(tmp_path)], check=True,
                    env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
-    fresh = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    committed = {p.name: p.read_bytes() for p in GENERATED.iterdir() if p.is_file()}
-    assert sorted(fresh) == sorted(committed), "client/pb holds other files than scripts/gen_protos.sh writes"
+    fresh = {p.name: p.read_bytes() for p in tmp_path.glob("*_pb2*")}
+    committed = {p.name: p.read_bytes() for p in GENERATED.glob("*_pb2*")}
+    assert sorted(fresh) == sorted(committed), "protos/csm_wire holds other generated files than scripts/gen_protos.sh writes"
     stale = [name for name in fresh if fresh[name] != committed[name]]
-    assert not stale, f"client/pb/{stale} differ from the protos: run scripts/gen_protos.sh and commit the result"
+    assert not stale, f"protos/csm_wire/{stale} differ from the protos: run scripts/gen_protos.sh and commit the result"
 
 
 def test_every_rpc_message_field_and_enum_value_has_a_comment(tmp_path):
@@ -45,7 +45,7 @@ def test_every_rpc_message_field_and_enum_value_has_a_comment(tmp_path):
 
 
 def test_generated_code_serves_the_versioned_package():
-    from client.pb import speech_pb2
+    from csm_wire import speech_pb2
 
     assert speech_pb2.DESCRIPTOR.name == PROTO  # what reflection serves
     assert speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name == "csm.v1.Speech"

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-MODULES = ["client", "client.csm_say", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
+MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
            "server.metrics", "server.auth", "server.errors"]
 
 

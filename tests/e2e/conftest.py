@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from client import SpeechClient
+from csm_client import SpeechClient
 from server.engine.config import EngineConfig
 from server.engine.engine import Engine
 

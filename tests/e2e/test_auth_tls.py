@@ -10,7 +10,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from client import Connection, SpeechClient
+from csm_client import Connection, SpeechClient
 from server.auth import load_tokens
 
 from .harness import LoopbackServer

@@ -18,7 +18,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import SpeechClient
+from csm_client import SpeechClient
 
 from .harness import free_port, long_audio_ms, wait_for
 

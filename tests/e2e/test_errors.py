@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from client import SpeechClient
-from client.errors import field_violations, retry_after_s
-from client.pb import speech_pb2 as pb
-from client.pb import speech_pb2_grpc
+from csm_client import SpeechClient
+from csm_client.errors import field_violations, retry_after_s
+from csm_wire import speech_pb2 as pb
+from csm_wire import speech_pb2_grpc
 
 from .conftest import start_tiny_engine
 from .harness import LoopbackServer, long_audio_ms, wait_for

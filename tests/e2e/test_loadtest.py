@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from client.loadtest import main as loadtest
+from csm_client.loadtest import main as loadtest
 
 from .conftest import start_tiny_engine
 from .harness import LoopbackServer

@@ -8,7 +8,7 @@ from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
-from client.pb import speech_pb2 as pb
+from csm_wire import speech_pb2 as pb
 
 from .harness import wait_for
 
@@ -25,7 +25,7 @@ def test_reflection_lets_a_client_without_the_proto_call_the_service(server):
     with grpc.insecure_channel(server.target) as channel:
         database = ProtoReflectionDescriptorDatabase(channel)
         assert "csm.v1.Speech" in database.get_services()
-        # A fresh pool: nothing from client.pb, only what the server describes.
+        # A fresh pool: nothing from csm_wire, only what the server describes.
         pool = descriptor_pool.DescriptorPool(database)
         service = pool.FindServiceByName("csm.v1.Speech")
 

@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import sphn
 
-from client import AsyncSpeechClient, ContextTurn, SpeechClient
-from client import csm_say
-from client.pb import speech_pb2 as pb
+from csm_client import AsyncSpeechClient, ContextTurn, SpeechClient
+from csm_client import csm_say
+from csm_wire import speech_pb2 as pb
 from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 
 from .conftest import start_tiny_engine

@@ -7,7 +7,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from client.loadtest_run import RequestRecord, StepPlan
+from csm_client.loadtest_run import RequestRecord, StepPlan
 
 PERCENTILES = (50, 90, 95, 99)
 RTF_DEFINITION = ("real-time factor = total time of the call (send -> end of stream) / seconds of audio "

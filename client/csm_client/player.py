@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from client import wav
+from csm_wire import wav
 
 
 class ChunkDecoder:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from client.connection import DEFAULT_TARGET, Connection
-from client.csm_say import context_turns
-from client.loadtest_run import StepPlan, Workload
-from client.loadtest_stats import PERCENTILES, RTF_DEFINITION, UNDERRUN_DEFINITION, Slo
-from client.request import ENCODINGS
+from csm_client.connection import DEFAULT_TARGET, Connection
+from csm_client.csm_say import context_turns
+from csm_client.loadtest_run import StepPlan, Workload
+from csm_client.loadtest_stats import PERCENTILES, RTF_DEFINITION, UNDERRUN_DEFINITION, Slo
+from csm_client.request import ENCODINGS
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16"
 DEFAULT_RATE_DURATION_S = 60.0
@@ -158,7 +158,7 @@ def load_prompts(args: argparse.Namespace, parser: argparse.ArgumentParser) -> t
             parser.error(f"prompt file {args.prompts!r} does not exist")
         text = path.read_text()
     else:
-        text = resources.files("client").joinpath("prompts/default.txt").read_text()
+        text = resources.files("csm_client").joinpath("prompts/default.txt").read_text()
     prompts = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#"))
     if not prompts:
         parser.error(f"prompt file {args.prompts!r} has no utterances")

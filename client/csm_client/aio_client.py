@@ -1,4 +1,4 @@
-"""asyncio client of csm.v1.Speech; the same calls as client.speech_client, awaited.
+"""asyncio client of csm.v1.Speech; the same calls as csm_client.speech_client, awaited.
 
     async with AsyncSpeechClient("localhost:50051") as client:
         stream = client.stream("Hello there.", encoding="opus")
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from client.connection import Connection
-from client.pb import speech_pb2 as pb
-from client.pb import speech_pb2_grpc
-from client.request import build_request
+from csm_client.connection import Connection
+from csm_wire import speech_pb2 as pb
+from csm_wire import speech_pb2_grpc
+from csm_client.request import build_request
 
 
 class AsyncSpeechStream:

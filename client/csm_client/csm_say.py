@@ -16,12 +16,12 @@ from pathlib import Path
 
 import grpc
 
-from client import wav
-from client.connection import DEFAULT_TARGET, Connection
-from client.errors import explain
-from client.pb import speech_pb2 as pb
-from client.request import ContextTurn
-from client.speech_client import SpeechClient
+from csm_wire import wav
+from csm_client.connection import DEFAULT_TARGET, Connection
+from csm_client.errors import explain
+from csm_wire import speech_pb2 as pb
+from csm_client.request import ContextTurn
+from csm_client.speech_client import SpeechClient
 
 FORMATS = ("wav", "pcm", "opus")
 EXTENSIONS = {".wav": "wav", ".pcm": "pcm", ".raw": "pcm", ".opus": "opus", ".ogg": "opus"}
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
 
     player = decoder = None
     if args.play:
-        from client.player import ChunkDecoder, Player
+        from csm_client.player import ChunkDecoder, Player
 
         rate = args.sample_rate or 24_000
         try:

@@ -7,8 +7,8 @@ import sys
 import time
 from typing import TextIO
 
-from client.loadtest_run import RequestRecord
-from client.loadtest_stats import percentile
+from csm_client.loadtest_run import RequestRecord
+from csm_client.loadtest_stats import percentile
 
 
 class Progress:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from client.aio_client import AsyncSpeechClient
-from client.pb import speech_pb2 as pb
-from client.request import ContextTurn
+from csm_client.aio_client import AsyncSpeechClient
+from csm_wire import speech_pb2 as pb
+from csm_client.request import ContextTurn
 
 OK = "OK"
 

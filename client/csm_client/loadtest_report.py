@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from client.loadtest_run import RequestRecord
-from client.loadtest_stats import (
+from csm_client.loadtest_run import RequestRecord
+from csm_client.loadtest_stats import (
     RTF_DEFINITION, THROUGHPUT_DEFINITION, TTFA_DEFINITION, UNDERRUN_DEFINITION, Slo, StepSummary, slo_max_load,
 )
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.pb import speech_pb2 as pb
+from csm_wire import speech_pb2 as pb
 
 ENCODINGS = {
     "wav": pb.AUDIO_ENCODING_WAV,

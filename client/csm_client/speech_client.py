@@ -7,18 +7,18 @@
         print(stream.result.audio_ms)
         wav_bytes = client.synthesize("Hello again.").audio   # whole WAV, exact sizes
 
-Keyword arguments of `stream` and `synthesize` are those of client.request.build_request.
-Failures raise grpc.RpcError; client.errors.explain turns one into a readable message.
+Keyword arguments of `stream` and `synthesize` are those of csm_client.request.build_request.
+Failures raise grpc.RpcError; csm_client.errors.explain turns one into a readable message.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from client.connection import Connection
-from client.pb import speech_pb2 as pb
-from client.pb import speech_pb2_grpc
-from client.request import build_request
+from csm_client.connection import Connection
+from csm_wire import speech_pb2 as pb
+from csm_wire import speech_pb2_grpc
+from csm_client.request import build_request
 
 
 class SpeechStream:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from client.loadtest_report import RunResult
-from client.loadtest_stats import PERCENTILES
+from csm_client.loadtest_report import RunResult
+from csm_client.loadtest_stats import PERCENTILES
 
 
 class PlotUnavailable(RuntimeError):

@@ -18,15 +18,15 @@ import time
 
 import grpc
 
-from client.aio_client import AsyncSpeechClient
-from client.connection import Connection
-from client.errors import explain
-from client.loadtest_args import Invocation, parse, settings_json
-from client.loadtest_progress import Progress
-from client.loadtest_report import RunResult, table, write_json, write_records_csv, write_steps_csv
-from client.loadtest_run import run_closed_step, run_open_step, run_request
-from client.loadtest_stats import summarize
-from client.pb import speech_pb2 as pb
+from csm_client.aio_client import AsyncSpeechClient
+from csm_client.connection import Connection
+from csm_client.errors import explain
+from csm_client.loadtest_args import Invocation, parse, settings_json
+from csm_client.loadtest_progress import Progress
+from csm_client.loadtest_report import RunResult, table, write_json, write_records_csv, write_steps_csv
+from csm_client.loadtest_run import run_closed_step, run_open_step, run_request
+from csm_client.loadtest_stats import summarize
+from csm_wire import speech_pb2 as pb
 
 
 class ServerUnreachable(RuntimeError):
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.csv_records:
         write_records_csv(result, args.csv_records)
     if args.plot and result.steps:
-        from client.loadtest_plot import write_plot
+        from csm_client.loadtest_plot import write_plot
 
         write_plot(result, args.plot)
     if not args.quiet:
