@@ -18,6 +18,7 @@ ENCODINGS = ("auto", "pcm_s16le", "pcm_f32le", "wav", "ogg_opus")
 MIN_SAMPLE_RATE = 8_000
 MAX_SAMPLE_RATE = 192_000
 _RAW_SAMPLE = {"pcm_s16le": np.dtype("<i2"), "pcm_f32le": np.dtype("<f4")}
+RAW_SAMPLE_BYTES = {name: dtype.itemsize for name, dtype in _RAW_SAMPLE.items()}  # bytes per raw PCM sample
 _WAV_FORMATS = ("WAV", "WAVEX", "RF64")
 
 

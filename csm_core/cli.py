@@ -25,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speaker", type=int, default=0)
     p.add_argument("--context", nargs=3, action="append", default=[], metavar=("SPEAKER", "TEXT", "WAV"),
                    help="an earlier turn: speaker id, transcript, mono audio file ('-' for none); repeatable")
-    p.add_argument("--tokenizer", default=None, help="tokenizer.json, dir or hub id (default: offline for presets)")
-    p.add_argument("--mimi-weights", default=None, help="Mimi weights for context audio (default: random for presets)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json, dir or hub id (default: offline for presets, the Llama-3.2 tokenizer otherwise)")
+    p.add_argument("--mimi-weights", default=None, help="Mimi weights for context audio (default: random for presets, the hub's otherwise)")
     p.add_argument("--max-frames", type=int, default=125, help="frames of 80 ms to generate at most")
     p.add_argument("--temperature", type=float, default=0.9)
     p.add_argument("--top-k", type=int, default=50)
@@ -41,10 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     from safetensors.torch import load_file
 
     from csm_core.checkpoint import load_model
+    from csm_core.companions import CompanionError, companions_for, loading
     from csm_core.framing import Prompt, build_prompt
     from csm_core.generate import generate
     from csm_core.sampling import SamplingParams
-    from csm_core.text import OFFLINE_TOKENIZER, load_tokenizer
+    from csm_core.text import load_tokenizer
 
     try:
         sampling = SamplingParams(args.temperature, args.top_k)
@@ -58,14 +59,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"tokens and mask must be [seq, 33], got {list(prompt.tokens.shape)} "
                                  f"and {list(prompt.mask.shape)}")
         else:
-            tok = load_tokenizer(args.tokenizer or (OFFLINE_TOKENIZER if lm.layout == "preset" else None))
-            segments = [_segment(int(s), text, wav, args, lm) for s, text, wav in args.context]
+            parts = companions_for(args.model, tokenizer=args.tokenizer, mimi=args.mimi_weights)
+            with loading("tokenizer", parts.tokenizer, "--tokenizer"):
+                tok = load_tokenizer(parts.tokenizer)
+            segments = [_segment(int(s), text, wav, parts.mimi, args.device) for s, text, wav in args.context]
             prompt = build_prompt(tok, segments, args.speaker, args.text)
         model = lm.model
         model.setup_caches(1)
         model.set_exact(model.audio_head.device.type == "cpu")
         res = generate(model, prompt, max_frames=args.max_frames, sampling=sampling, seed=args.seed)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, CompanionError) as e:
         print(f"csm-codes: error: {e}", file=sys.stderr)
         return 2
     out = {"model": args.model, "seed": args.seed, "prompt_frames": res.prompt_frames,
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _segment(speaker, text, wav, args, lm):
+def _segment(speaker, text, wav, mimi_source, device):
     from csm_core.framing import Segment
 
     if wav == "-":
@@ -86,11 +89,13 @@ def _segment(speaker, text, wav, args, lm):
     import torch
 
     from csm_core.audio_io import decode_audio, resample
+    from csm_core.companions import loading
     from csm_core.constants import SAMPLE_RATE
     from csm_core.mimi import MimiCodec
 
     audio, rate = decode_audio(Path(wav).read_bytes(), "auto", None)
-    codec = MimiCodec.load(args.mimi_weights or ("random" if lm.layout == "preset" else None), args.device)
+    with loading("Mimi weights", mimi_source, "--mimi-weights"):
+        codec = MimiCodec.load(mimi_source, device)
     return Segment(speaker, text, codec.encode([resample(torch.from_numpy(audio), rate, SAMPLE_RATE)])[0])
 
 

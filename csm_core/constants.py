@@ -17,7 +17,8 @@ TEXT_VOCAB_SIZE = 128256
 
 DEFAULT_TEMPERATURE = 0.9
 DEFAULT_TOP_K = 50
-DEFAULT_MAX_AUDIO_MS = 90_000
+MAX_TEMPERATURE = 5.0  # accepted temperatures: [0, MAX_TEMPERATURE]; 0 is greedy
+# accepted top-k: [1, AUDIO_VOCAB_SIZE]; 1 is greedy
 
 # Public watermark key of CSM-1B (published with the model; deployments should set their own).
 CSM_PUBLIC_WATERMARK_KEY = (212, 211, 146, 56, 201)

@@ -6,8 +6,8 @@ Parameter names follow torchtune (the original CSM checkpoint): `layers.N.attn.{
 Two ways to attend:
 - exact (CPU default): every linear pads its rows to a multiple of 4 and every slot attends in its
   own call, so a slot's numbers do not depend on which other slots share the batch (CPU GEMM
-  kernels pick different reduction orders for different row counts; measured in
-  tests/test_batch_invariance.py). This is what makes seeded requests batch-invariant.
+  kernels pick different reduction orders for different row counts). This is what makes seeded
+  requests batch-invariant (tests/test_engine.py, test_batch_invariance_16_staggered_requests).
 - batched (CUDA default): one masked SDPA call for all slots.
 """
 

@@ -3,7 +3,8 @@
 Entry points used by the reference path and the engine alike:
 - `prefill(slot, tokens, mask, start)`: a chunk of prompt positions into one slot's KV rows.
 - `decode(slots, frames, positions)`: one position for any set of slots, each at its own position.
-- `c0_logits(h)` and `DepthDecoder` (csm_core/depth.py) turn the last hidden state into a frame.
+- `c0_logits(h)`, `depth_step` and `codebook_logits` turn the last hidden state into a frame
+  (csm_core/frame.py runs them for codebooks 0..31).
 """
 
 from __future__ import annotations

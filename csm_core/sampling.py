@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from csm_core.constants import AUDIO_VOCAB_SIZE, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, NUM_CODEBOOKS
+from csm_core.constants import AUDIO_VOCAB_SIZE, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, MAX_TEMPERATURE, NUM_CODEBOOKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,8 +24,8 @@ class SamplingParams:
     top_k: int = DEFAULT_TOP_K
 
     def __post_init__(self) -> None:
-        if not (0.0 <= self.temperature <= 5.0):
-            raise ValueError(f"temperature must be in [0, 5], got {self.temperature}")
+        if not (0.0 <= self.temperature <= MAX_TEMPERATURE):
+            raise ValueError(f"temperature must be in [0, {MAX_TEMPERATURE:g}], got {self.temperature}")
         if not (1 <= self.top_k <= AUDIO_VOCAB_SIZE):
             raise ValueError(f"top_k must be in [1, {AUDIO_VOCAB_SIZE}], got {self.top_k}")
 

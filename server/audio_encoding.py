@@ -7,19 +7,11 @@ left at the end. Concatenating every returned piece gives the whole encoded utte
 
 from __future__ import annotations
 
-import enum
-
 import numpy as np
 import sphn
 
 from csm_wire import wav
-
-
-class OutputEncoding(enum.Enum):
-    PCM_S16LE = "pcm_s16le"
-    PCM_F32LE = "pcm_f32le"
-    WAV = "wav"  # RIFF/WAVE, 16-bit PCM
-    OGG_OPUS = "ogg_opus"
+from server.engine.types import OutputEncoding
 
 
 PCM_RATE_RANGE = (8_000, 48_000)  # PCM and WAV output: any rate in this range (Hz)

@@ -26,20 +26,20 @@ import torch
 
 from csm_core.audio_io import resample
 from csm_core.checkpoint import load_model
-from csm_core.config import PRESETS
+from csm_core.companions import Companions, companions_for
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, FRAME_MS, MIMI_CODEBOOK_SIZE, SAMPLE_RATE
 from csm_core.framing import Segment, build_prompt
 from csm_core.generate import generate
-from csm_core.mimi import DEFAULT_REPO as MIMI_REPO
-from csm_core.mimi import RANDOM, MimiCodec
+from csm_core.mimi import MimiCodec
 from csm_core.sampling import SamplingParams
-from csm_core.text import DEFAULT_TOKENIZER, OFFLINE_TOKENIZER, load_tokenizer
-from csm_core.watermark import HUB_REPO as WATERMARK_REPO
+from csm_core.text import load_tokenizer
 from csm_core.watermark import Watermarker
 from server.engine.config import EngineConfig
-from server.engine.engine import Engine
+from server.engine.engine import Engine, build
 from server.engine.stream import RequestStream
-from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, StepStats, SynthesisParams
+from server.engine.types import (
+    AudioOut, ContextSegment, Finished, FinishReason, PipelineCounters, StepStats, SynthesisParams,
+)
 
 FRAME_S = FRAME_MS / 1000
 REQUEST_SEED = 1000  # request i samples with seed REQUEST_SEED + i in every run
@@ -95,22 +95,6 @@ def injected_request(context_s: float) -> SynthesisParams:
     context = (ContextSegment(speaker=1, text="An earlier turn.", audio=synthetic_audio(context_s, seed=99)),)
     return SynthesisParams(text=TEXTS[-1], speaker=0, context=context, seed=REQUEST_SEED - 1,
                            max_audio_ms=INJECTED_AUDIO_MS, request_id="bench-inject")
-
-
-@dataclass(frozen=True, slots=True)
-class Sources:
-    """Where the model's companions come from: offline/random for presets, the hub otherwise."""
-
-    model: str
-    tokenizer: str
-    mimi: str
-    watermark: str
-
-    @classmethod
-    def for_model(cls, model: str) -> Sources:
-        if model in PRESETS:
-            return cls(model, OFFLINE_TOKENIZER, RANDOM, RANDOM)
-        return cls(model, DEFAULT_TOKENIZER, MIMI_REPO, WATERMARK_REPO)
 
 
 # -- measurements -------------------------------------------------------------------------
@@ -183,9 +167,9 @@ class ReferencePath:
     from the main thread was measured 10x and more slower than from a side thread, which
     would make the comparison about threads instead of batching."""
 
-    def __init__(self, sources: Sources, device: str, dtype: str, prefill_chunk: int):
+    def __init__(self, model: str, sources: Companions, device: str, dtype: str, prefill_chunk: int):
         self._thread = ThreadPoolExecutor(1, thread_name_prefix="csm-reference")
-        self.model = load_model(sources.model, device, dtype).model
+        self.model = load_model(model, device, dtype).model
         self.device = self.model.audio_head.device
         self.model.setup_caches(1)
         self.model.set_exact(self.device.type == "cpu")  # as the engine does by default
@@ -298,21 +282,9 @@ def stream(engine: Engine, params: SynthesisParams, trace: StreamTrace | None = 
     return trace
 
 
-@dataclass
-class PipelineCounters:
-    """Busy time of the threads beside the engine's, and Mimi's calls (deltas over a run)."""
-
-    output_busy_s: float = 0.0
-    mimi_busy_s: float = 0.0
-    mimi_calls: int = 0
-    mimi_frames: int = 0
-
-    @classmethod
-    def read(cls, engine: Engine) -> PipelineCounters:
-        return cls(engine.output.busy_s, engine.audio.busy_s, engine.audio.calls, engine.audio.frames)
-
-    def since(self, before: PipelineCounters) -> PipelineCounters:
-        return PipelineCounters(*(a - b for a, b in zip(astuple(self), astuple(before))))
+def counters_since(after: PipelineCounters, before: PipelineCounters) -> PipelineCounters:
+    """The pipeline's busy time and Mimi calls between two readings."""
+    return PipelineCounters(*(a - b for a, b in zip(astuple(after), astuple(before))))
 
 
 def step_summary(steps: list[tuple[float, StepStats]], counters: PipelineCounters) -> dict:
@@ -335,13 +307,14 @@ def step_summary(steps: list[tuple[float, StepStats]], counters: PipelineCounter
 
 
 class EngineBench:
-    def __init__(self, sources: Sources, device: str, dtype: str, max_slots: int, watermark: bool,
+    def __init__(self, model: str, sources: Companions, device: str, dtype: str, max_slots: int, watermark: bool,
                  tuning: dict | None = None):
         self.watermark = watermark
         self.max_slots = max_slots
-        self.engine = Engine(EngineConfig(model=sources.model, device=device, dtype=dtype, max_slots=max_slots,
-                                          watermark=watermark, tokenizer=sources.tokenizer, mimi_weights=sources.mimi,
-                                          watermark_weights=sources.watermark, **(tuning or {})))
+        self.engine: Engine = build(EngineConfig(
+            model=model, device=device, dtype=dtype, max_slots=max_slots, watermark=watermark,
+            tokenizer=sources.tokenizer, mimi_weights=sources.mimi, watermark_weights=sources.watermark,
+            **(tuning or {})))
         self.recorder = StepRecorder(self.engine)
         self.engine.start()
         if not self.engine.wait_ready(600):
@@ -354,20 +327,20 @@ class EngineBench:
         c = self.engine.config
         return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
                 "idle_prefill_budget": c.idle_prefill_budget,
-                "torch_threads": self.engine.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
-                "output_workers": self.engine.output_workers}
+                "torch_threads": self.engine.threads.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
+                "output_workers": self.engine.threads.output_workers}
 
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
                     tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
         """Serve `requests` with exactly `concurrency` in flight. Returns the traces, the steps
         and the pipeline counters of the run."""
-        mark, before = len(self.recorder.steps), PipelineCounters.read(self.engine)
+        mark, before = len(self.recorder.steps), self.engine.counters()
         tagged = [replace(p, request_id=f"{tag}-{i}") for i, p in enumerate(requests)]
         with ThreadPoolExecutor(concurrency, thread_name_prefix="bench-client") as pool:
             traces = list(pool.map(lambda p: stream(self.engine, p), tagged))
         steps = self.recorder.wait_finished(mark, len(requests))
-        self.engine.output.flush()
-        return traces, steps, PipelineCounters.read(self.engine).since(before)
+        self.engine.flush()
+        return traces, steps, counters_since(self.engine.counters(), before)
 
     def run(self, requests: list[SynthesisParams], concurrency: int, tag: str) -> dict:
         traces, steps, counters = self.closed_loop(requests, concurrency, tag)
@@ -391,7 +364,7 @@ class EngineBench:
         n_others = INTERFERENCE_CONCURRENCY - 1
         others = [replace(requests[i % len(requests)], request_id=f"interference-{i}",
                           max_audio_ms=INTERFERENCE_STREAM_MS) for i in range(n_others)]
-        mark, before = len(self.recorder.steps), PipelineCounters.read(self.engine)
+        mark, before = len(self.recorder.steps), self.engine.counters()
         traces = [StreamTrace() for _ in range(INTERFERENCE_CONCURRENCY)]
         running, injected = traces[:n_others], traces[-1]
         with ThreadPoolExecutor(INTERFERENCE_CONCURRENCY, thread_name_prefix="bench-client") as pool:
@@ -408,8 +381,8 @@ class EngineBench:
             for f in futures:
                 f.result()
         steps = self.recorder.wait_finished(mark, sum(t.finish in ("length", "eos") for t in traces))
-        self.engine.output.flush()
-        counters = PipelineCounters.read(self.engine).since(before)
+        self.engine.flush()
+        counters = counters_since(self.engine.counters(), before)
         wall = max(t.t_done for t in traces) - min(t.t_submit for t in traces)
         entry = run_entry("engine-prefill-interference", INTERFERENCE_CONCURRENCY, self.watermark, traces, wall)
         entry["max_slots"] = self.max_slots
@@ -607,7 +580,7 @@ def engine_tuning(args: argparse.Namespace) -> dict:
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
-def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[SynthesisParams], watermark: bool,
+def engine_runs(args: argparse.Namespace, sources: Companions, requests: list[SynthesisParams], watermark: bool,
                 interference: bool, say: Callable[[str], None]) -> tuple[list[dict], dict]:
     """The engine runs of one watermark setting, on one engine (plus one of 8 slots for the
     interference scenario when the concurrency list stays below 8). Returns runs and engine info."""
@@ -625,7 +598,7 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
                         bench.close()
                     slots = fixed or n
                     say(f"starting the engine ({args.preset}, {slots} slots, watermark {on_off})")
-                    bench = EngineBench(sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
+                    bench = EngineBench(args.preset, sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
                     info, tuning = bench.engine.info(), bench.tuning()
                     bench.warm_up(requests, slots)
                 say(f"engine, concurrency {n}, watermark {on_off}")
@@ -634,7 +607,7 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
             if bench is not None:
                 bench.close()
             slots = fixed or INTERFERENCE_CONCURRENCY
-            bench = EngineBench(sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
+            bench = EngineBench(args.preset, sources, args.device, args.dtype, slots, watermark, engine_tuning(args))
             info, tuning = bench.engine.info(), bench.tuning()
             bench.warm_up(requests, slots)
         if interference:
@@ -651,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(parser, args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    sources = Sources.for_model(args.preset)
+    sources = companions_for(args.preset)
     requests = make_requests(args.requests, args.max_audio_ms, args.context_s)
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.watermark]
     runs: list[dict] = []
@@ -660,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
               "concurrency": args.concurrency, "runs": runs}
     if "reference" in args.modes:
         say(f"loading the reference path ({args.preset})")
-        ref = ReferencePath(sources, args.device, args.dtype, EngineConfig().prefill_chunk)
+        ref = ReferencePath(args.preset, sources, args.device, args.dtype, EngineConfig().prefill_chunk)
         report["device"] = str(ref.device)
         report["dtype"] = str(next(ref.model.parameters()).dtype).replace("torch.", "")
         try:

@@ -167,12 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         parser.error(str(exc))
-    from server.engine.engine import Engine  # torch loads only once the flags are known to be valid
+    from server.engine.engine import build  # torch loads only once the flags are known to be valid
 
     log.info("loading model %r on device %s (%s)", args.model, args.device, args.dtype)
+    from csm_core.companions import CompanionError
+
     try:
-        engine = Engine(engine_config)  # logs loudly when the weights are random (bench, tiny)
-    except (ValueError, OSError) as exc:
+        engine = build(engine_config)  # logs loudly when the weights are random (bench, tiny)
+    except (ValueError, OSError, CompanionError) as exc:
         log.error("cannot load model %r: %s", args.model, exc)
         return 1
     if server_config.auth_tokens:

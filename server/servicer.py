@@ -7,19 +7,18 @@ request, which frees the slot within one engine step.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Protocol
 
 import grpc
 
-from csm_wire import wav
 from csm_wire import speech_pb2 as pb
-from csm_wire import speech_pb2_grpc
-from server.audio_encoding import OutputEncoding, make_encoder
+from csm_wire import speech_pb2_grpc, wav
+from server.audio_encoding import make_encoder
 from server.engine.stream import RequestStream
 from server.engine.types import (
     EngineInfo,
@@ -27,11 +26,13 @@ from server.engine.types import (
     EngineUnavailable,
     Finished,
     FinishReason,
+    InvalidRequest,
+    OutputEncoding,
     SynthesisParams,
 )
 from server.errors import SynthesisFailed
 from server.metrics import Metrics
-from server.validation import OUTPUT_ENCODINGS, has_context_audio, parse_request
+from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             else:
                 result = item
         audio = b"".join(pieces)
-        if OUTPUT_ENCODINGS[request.output.encoding] is OutputEncoding.WAV:
+        if OUTPUT_ENCODINGS.get(request.output.encoding) is OutputEncoding.WAV:
             audio = wav.finalize(audio)
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
 
@@ -151,13 +152,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         arrival = time.monotonic()
         if not self._accepting:
             raise EngineUnavailable("the server is shutting down: send the request to another replica")
-        request_id = request.request_id or uuid.uuid4().hex
-        if has_context_audio(request):
-            parsed = await asyncio.to_thread(parse_request, request, request_id)
-        else:
-            parsed = parse_request(request, request_id)
-        encoder = make_encoder(parsed.encoding, parsed.sample_rate)
-        stream = self._engine.submit(parsed.params)
+        params = synthesis_params(request)
+        label = params.request_id or uuid.uuid4().hex
+        params = replace(params, request_id=label)
+        stream = self._engine.submit(params)  # checks every rule; decoding happens on the engine's prep thread
+        encoder = make_encoder(OutputEncoding(params.output_encoding), params.output_sample_rate)
         finished: Finished | None = None
 
         def cancel_unless_finished(_context=None) -> None:
@@ -166,7 +165,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
 
         # Runs when the call ends for any reason, even if this generator is never resumed.
         context.add_done_callback(cancel_unless_finished)
-        chunker = _Chunker(parsed.sample_rate)
+        chunker = _Chunker(params.output_sample_rate)
         first_audio_s: float | None = None
         last_chunk_at = arrival
         try:
@@ -187,31 +186,32 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
                 yield chunk
         finally:
             if finished is None:
-                log.info("request %s ended early (caller cancelled, deadline or error) after %d chunks",
-                         request_id, chunker.sequence)
+                log.info("request %r ended early (caller cancelled, deadline or error) after %d chunks",
+                         label, chunker.sequence)
             self._metrics.observe_finished(finished.reason if finished else FinishReason.CANCELLED)
             cancel_unless_finished()
 
+        if finished.reason is FinishReason.INVALID:
+            raise InvalidRequest(finished.violations)
         tail = chunker.add(encoder.flush(), 0)
         if tail is not None:
             yield tail
         total_s = time.monotonic() - arrival
         log.info(
-            "request %s: %s, %d frames, %.2f s audio, first audio %s, total %.0f ms",
-            request_id, finished.reason.value, finished.frames, chunker.total_samples / parsed.sample_rate,
+            "request %r: %s, %d frames, %.2f s audio, first audio %s, total %.0f ms",
+            label, finished.reason.value, finished.frames, chunker.total_samples / params.output_sample_rate,
             f"{first_audio_s * 1000:.0f} ms" if first_audio_s is not None else "none", total_s * 1000)
         if finished.reason is FinishReason.ERROR:
-            raise SynthesisFailed(f"synthesis failed inside the server: {finished.error} (request_id {request_id})")
-        if finished.reason is FinishReason.CANCELLED:
-            raise EngineUnavailable(
-                f"the server stopped request {request_id} before it finished (shutting down): retry it")
+            raise SynthesisFailed(f"synthesis failed inside the server: {finished.error} (request_id {label!r})")
+        if finished.reason is FinishReason.CANCELLED:  # only the server cancels a call still listening
+            raise EngineUnavailable(f"request {label!r} was stopped before it finished: {finished.error}; retry it")
         yield pb.SynthesisResult(
-            request_id=request_id,
+            request_id=label,
             finish_reason=FINISH_REASONS[finished.reason],
             frames=finished.frames,
             audio_samples=chunker.total_samples,
-            audio_ms=chunker.total_samples * 1000.0 / parsed.sample_rate,
-            sample_rate=parsed.sample_rate,
+            audio_ms=chunker.total_samples * 1000.0 / params.output_sample_rate,
+            sample_rate=params.output_sample_rate,
             queue_ms=finished.queue_s * 1000.0,
             time_to_first_audio_ms=(first_audio_s or 0.0) * 1000.0,
             total_ms=total_s * 1000.0,

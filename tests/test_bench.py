@@ -72,7 +72,7 @@ def test_watermark_on(tmp_path):
     check_engine(engine)
     assert ref["breakdown_ms"]["watermark"] > 0 and engine["breakdown_ms"]["watermark"] > 0
     # the first chunk is 3 frames, the rest flushed at the end: per-frame gaps are below chunk gaps
-    assert engine["gap_ms"]["max"] < engine["chunk_gap_ms"]["max"]
+    assert engine["gap_ms"]["max"] <= engine["chunk_gap_ms"]["max"]
 
 
 def test_prefill_interference(tmp_path):

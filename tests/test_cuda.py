@@ -27,10 +27,10 @@ def test_graphed_frame_sampler_matches_eager():
 
 def test_engine_bf16_on_cuda():
     from server.engine.config import EngineConfig
-    from server.engine.engine import Engine
+    from server.engine.engine import build
     from server.engine.types import Finished, FinishReason, SynthesisParams
 
-    eng = Engine(EngineConfig(model="tiny", device="cuda", dtype="bfloat16", max_slots=4, watermark=False))
+    eng = build(EngineConfig(model="tiny", device="cuda", dtype="bfloat16", max_slots=4, watermark=False))
     eng.start()
     try:
         assert eng.wait_ready(300)

@@ -2,6 +2,7 @@
 
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,13 +15,13 @@ from csm_core.framing import Segment, build_prompt
 from csm_core.generate import generate
 from csm_core.sampling import SamplingParams
 from server.engine.config import EngineConfig
-from server.engine.engine import Engine
+from server.engine.engine import build
 from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, SynthesisParams
 
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = Engine(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=64,
+    eng = build(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=64,
                               watermark=False, prefill_budget=64, prefill_chunk=32))
     frames: dict[str, list[torch.Tensor]] = {}
     eng.add_frame_observer(lambda rid, codes: frames.setdefault(rid, []).append(codes))
@@ -59,8 +60,8 @@ def reference_frames(engine, model, params):
     segs = []
     for seg in params.context:
         w = resample(torch.from_numpy(seg.audio), seg.sample_rate, SAMPLE_RATE)
-        segs.append(Segment(seg.speaker, seg.text, engine.mimi.encode([w])[0]))
-    prompt = build_prompt(engine.tokenizer, segs, params.speaker, params.text)
+        segs.append(Segment(seg.speaker, seg.text, engine.parts.codec.encode([w])[0]))
+    prompt = build_prompt(engine.parts.tokenizer, segs, params.speaker, params.text)
     res = generate(model, prompt, max_frames=params.max_audio_ms // 80,
                    sampling=SamplingParams(params.temperature, params.top_k), seed=params.seed,
                    prefill_chunk=engine.config.prefill_chunk)
@@ -79,7 +80,7 @@ def drain(stream):
 
 def solo_audio(engine, frames):
     """A stream's frames [n, 32] through a Mimi stream decoder of its own, in one call."""
-    decoder = engine.mimi.stream_decoder(1)
+    decoder = engine.parts.codec.stream_decoder(1)
     codes = frames.t().unsqueeze(0).clamp(max=MIMI_CODEBOOK_SIZE - 1)  # [1, 32, n]
     pcm = decoder.decode(codes, torch.tensor([True]))[0]
     decoder.close()
@@ -92,7 +93,7 @@ def test_batch_invariance_16_staggered_requests(engine, reference):
     alone: the shared Mimi state, its merged multi-frame calls (streams ending inside them)
     and slot reuse do not leak between streams."""
     params = [make_params(i) for i in range(16)]
-    calls0, frames0 = engine.audio.calls, engine.audio.frames
+    before = engine.counters()
     streams = []
     for i, p in enumerate(params):
         streams.append(engine.submit(p))
@@ -106,7 +107,8 @@ def test_batch_invariance_16_staggered_requests(engine, reference):
         assert fin.frames == len(want) and len(audio) == 1920 * len(want)
         if len(want):  # batched vs single-row GEMMs: equal up to fp32 rounding (outputs are ~0.1)
             np.testing.assert_allclose(audio, solo_audio(engine, want), atol=1e-4, rtol=0, err_msg=p.request_id)
-    assert engine.audio.frames - frames0 > engine.audio.calls - calls0  # Mimi did merge steps
+    after = engine.counters()
+    assert after.mimi_frames - before.mimi_frames > after.mimi_calls - before.mimi_calls  # Mimi did merge steps
 
 
 def test_cancel_mid_stream_frees_slot_within_a_step(engine, reference):
@@ -131,8 +133,7 @@ def test_cancel_mid_stream_frees_slot_within_a_step(engine, reference):
         time.sleep(0.01)
     assert engine.stats().slots_in_use == 0
     # the slot is reused cleanly: a new request there matches the reference exactly
-    q = make_params(4)
-    q.request_id = "after-cancel"
+    q = replace(make_params(4), request_id="after-cancel")
     _, fin2 = drain(engine.submit(q))
     assert fin2.reason is FinishReason.LENGTH
     assert torch.equal(torch.stack(engine.frames["after-cancel"]).long(), reference_frames(engine, reference, q))
@@ -151,10 +152,8 @@ def test_fault_in_one_request_fails_only_that_request(engine, reference, monkeyp
 
     monkeypatch.setattr(runner_mod, "prefill_slot", faulty)
     bad = SynthesisParams(text="this one breaks " * 7, seed=1, max_audio_ms=400, request_id="bad")
-    bad_len.append(len(engine.tokenizer.encode_turn(0, bad.text)))
-    good = [make_params(i) for i in (1, 2, 5)]
-    for g in good:
-        g.request_id = "good-" + g.request_id
+    bad_len.append(len(engine.parts.tokenizer.encode_turn(0, bad.text)))
+    good = [replace(p, request_id="good-" + p.request_id) for p in map(make_params, (1, 2, 5))]
     streams = [engine.submit(good[0]), engine.submit(bad), engine.submit(good[1]), engine.submit(good[2])]
     results = [drain(s)[1] for s in streams]
     assert results[1].reason is FinishReason.ERROR and "injected fault" in results[1].error

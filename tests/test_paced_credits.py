@@ -1,10 +1,10 @@
-"""Paced backpressure between the engine and the Mimi thread (server/engine/audio.py)."""
+"""Paced backpressure between the engine and the Mimi thread (server/engine/pacing.py)."""
 
 import threading
 
 import pytest
 
-from server.engine.audio import CALL_OVERHEAD_FRAMES, AudioDecoder, PacedCredits
+from server.engine.pacing import CALL_OVERHEAD_FRAMES, CallCostModel, PacedCredits
 
 
 class FakeClock:
@@ -79,14 +79,14 @@ def test_acquire_waits_for_a_release():
 
 
 def test_expected_call_time_from_the_nearest_measured_shape():
-    decoder = AudioDecoder.__new__(AudioDecoder)  # only its estimate table
-    decoder._step_s = {}
-    assert decoder._expected_step_s((8, 4)) == 0.0  # nothing timed yet: no pacing
-    decoder._step_s = {(7, 4): 0.070, (7, 1): 0.100, (1, 1): 0.020}
-    assert decoder._expected_step_s((7, 4)) == 0.070
-    assert decoder._expected_step_s((8, 4)) == pytest.approx(0.080)  # nearest rows, scaled by rows
-    assert decoder._expected_step_s((2, 1)) == pytest.approx(0.040)
+    cost = CallCostModel()
+    assert cost.expected_step_s((8, 4)) == 0.0  # nothing timed yet: no pacing
+    for shape, per_step in {(7, 4): 0.070, (7, 1): 0.100, (1, 1): 0.020}.items():
+        cost.observe(shape, per_step)
+    assert cost.expected_step_s((7, 4)) == 0.070
+    assert cost.expected_step_s((8, 4)) == pytest.approx(0.080)  # nearest rows, scaled by rows
+    assert cost.expected_step_s((2, 1)) == pytest.approx(0.040)
     # same rows, nearest steps: fewer steps per call cost more per step (the call's fixed cost)
     per_frame = 0.070 * 4 / (4 + CALL_OVERHEAD_FRAMES)
-    assert decoder._expected_step_s((7, 3)) == pytest.approx(per_frame * (3 + CALL_OVERHEAD_FRAMES) / 3)
-    assert decoder._expected_step_s((7, 3)) > 0.070
+    assert cost.expected_step_s((7, 3)) == pytest.approx(per_frame * (3 + CALL_OVERHEAD_FRAMES) / 3)
+    assert cost.expected_step_s((7, 3)) > 0.070

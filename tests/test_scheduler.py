@@ -13,8 +13,9 @@ class FakeStream:
 
 
 def req(rid, prompt_len):
-    return Request(id=rid, params=SynthesisParams(text="x"), stream=FakeStream(), prompt_len=prompt_len,
-                   max_frames=10, seed=0)
+    r = Request(id=rid, params=SynthesisParams(text="x"), sink=FakeStream(), seed=0, max_frames=10, t_arrival=0.0)
+    r.prompt_len = prompt_len
+    return r
 
 
 def test_slot_pool_verbs():

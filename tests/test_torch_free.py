@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
+MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types", "server.engine.rules", "server.audio_encoding",
            "server.metrics", "server.auth", "server.errors"]
 
 

@@ -34,7 +34,7 @@ class EngineConfig:
     torch_threads: int | None = None
     # Most steps Mimi merges into one call when it falls behind (per stream-frame at batch 8 on
     # 2 cores: ~13 ms with 1 frame per call, ~8.5 ms with 4); also the steps that may wait for it
-    # (the engine is paced to Mimi's speed: server/engine/audio.py).
+    # (the engine is paced to Mimi's speed: server/engine/pacing.py).
     mimi_frames_per_call: int = 4
     # Output threads (watermark, resampling); streams are spread over them by slot. None: on CPU
     # with the watermark on, one per torch_threads share of the cores; otherwise 1.
@@ -49,11 +49,13 @@ class EngineConfig:
     max_audio_ms: int = 90_000
     default_max_audio_ms: int = 20_000
     max_context_audio_s: float = 120.0
+    max_request_id_chars: int = 128
     seed: int = 0  # seed of random weights for presets
 
     def __post_init__(self) -> None:
         positive = ("max_slots", "prefill_chunk", "prefill_budget", "watermark_first_chunk_frames",
-                    "watermark_chunk_frames", "max_text_chars", "max_audio_ms", "default_max_audio_ms")
+                    "watermark_chunk_frames", "max_text_chars", "max_audio_ms", "default_max_audio_ms",
+                    "max_request_id_chars")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

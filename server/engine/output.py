@@ -1,4 +1,4 @@
-"""The per-stream output stage, on threads of its own: chunking, watermark, resampling, hand-off.
+"""The output workers: chunking, watermark, resampling, hand-off to the stream's consumer.
 
 Chunking policy: without a watermark, frames go out as soon as Mimi decodes them (the frames of
 one stream that one Mimi call decoded, usually 1-4, go out together as one chunk).
@@ -7,6 +7,11 @@ to first audio) and later chunks `chunk_frames` frames (about a second, enough f
 silentcipher to carry its whole message); the remainder is flushed when the stream ends.
 Each chunk is watermarked on its own, for its own stream only (silentcipher normalizes by the
 input's power and its BatchNorm uses the input's statistics, so streams are never mixed).
+
+A stream always goes to the same worker (slot modulo workers), so its chunks stay in order,
+while different streams are watermarked in parallel. A failure here ends that stream only: the
+worker drops its audio and reports the failure to the engine, which ends the request; its
+Finished event comes back through the usual StreamEnd.
 """
 
 from __future__ import annotations
@@ -24,45 +29,44 @@ import torch
 from csm_core.audio_io import resample
 from csm_core.constants import SAMPLE_RATE
 from csm_core.watermark import Watermarker
-from server.engine.request import Request
+from server.engine.messages import Barrier, Control, PcmFrames, Stop, StreamEnd, StreamFailed
 from server.engine.types import AudioOut, Finished, FinishReason
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
-class _Pending:
-    chunks: list[torch.Tensor]
-    frames: int = 0
+class _StreamOut:
+    """What a worker keeps of one stream between its messages."""
+
+    chunks: list[torch.Tensor] = field(default_factory=list)  # decoded, not yet sent
+    frames: int = 0  # frames in `chunks`
     sent_chunks: int = 0
+    t_first_audio: float | None = None
+    failed: bool = False  # audio dropped from here on; waiting for the engine's StreamEnd
 
 
 @dataclass(eq=False)
 class _Worker:
-    """One output thread and the streams it owns (by slot), with a watermarker of its own."""
-
     watermarker: Watermarker | None
     queue: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
-    pending: dict[str, _Pending] = field(default_factory=dict)
-    failed: set[str] = field(default_factory=set)  # streams already ended with an error here
+    streams: dict[int, _StreamOut] = field(default_factory=dict)  # by stream id
     busy_s: float = 0.0
     thread: threading.Thread | None = None
 
 
 class OutputStage:
-    """`workers` threads; a stream always goes to the same one (slot modulo workers), so its
-    chunks stay in order, while different streams are watermarked in parallel. On CPU the
-    watermark costs about a second of one core per second of audio, so with it on the engine
-    runs one worker per share of the cores (server/engine/engine.py)."""
+    """`workers` threads, each with its own watermarker replica. On CPU the watermark costs about a
+    second of one core per second of audio, so with it on the engine runs one worker per share
+    of the cores (server/engine/parts.py)."""
 
     def __init__(self, watermarker: Watermarker | None, first_chunk_frames: int, chunk_frames: int,
-                 on_error: Callable[[Request, str], None] | None = None, torch_threads: int | None = None,
-                 workers: int = 1):
+                 report: Callable[[Control], None], torch_threads: int | None = None, workers: int = 1):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.watermarker = watermarker
+        self._report = report  # the engine's control channel
         self._torch_threads = torch_threads
-        self.on_error = on_error  # tells the engine to stop generating for a stream that failed here
         self.first_chunk_frames = first_chunk_frames if watermarker else 1
         self.chunk_frames = chunk_frames if watermarker else 1
         marks = [watermarker] + [watermarker.replica() for _ in range(workers - 1)] if watermarker else [None] * workers
@@ -76,102 +80,86 @@ class OutputStage:
         """Time spent watermarking/resampling, summed over the workers (read by stats)."""
         return sum(w.busy_s for w in self._workers)
 
-    def _worker(self, req: Request) -> _Worker:
-        return self._workers[(req.slot or 0) % len(self._workers)]
+    # -- Mimi thread ---------------------------------------------------------------------
+    def frames(self, msg: PcmFrames) -> None:
+        self._workers[msg.stream.slot % len(self._workers)].queue.put(msg)
 
-    # -- engine and Mimi threads -------------------------------------------------------
-    def frame(self, req: Request, pcm: torch.Tensor, frames: int = 1) -> None:
-        """`frames` consecutive frames of one stream, pcm [frames * 1920]."""
-        self._worker(req).queue.put(("frame", req, (pcm, frames)))
-
-    def finish(self, req: Request) -> None:
-        self._worker(req).queue.put(("finish", req, None))
-
-    def close(self) -> None:
-        for w in self._workers:
-            w.queue.put(None)
-        for w in self._workers:
-            w.thread.join(timeout=10)
+    def end(self, msg: StreamEnd) -> None:
+        self._workers[msg.stream.slot % len(self._workers)].queue.put(msg)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is delivered."""
-        barriers = []
-        for w in self._workers:
-            done = threading.Event()
-            w.queue.put(("barrier", done, None))
-            barriers.append(done)
+        barriers = [Barrier(threading.Event()) for _ in self._workers]
+        for w, barrier in zip(self._workers, barriers):
+            w.queue.put(barrier)
         deadline = time.monotonic() + timeout
-        for done in barriers:
-            done.wait(max(0.0, deadline - time.monotonic()))
+        for barrier in barriers:
+            barrier.done.wait(max(0.0, deadline - time.monotonic()))
 
-    # -- output threads ----------------------------------------------------------------
+    def close(self) -> None:
+        for w in self._workers:
+            w.queue.put(Stop())
+        for w in self._workers:
+            w.thread.join(timeout=10)
+
+    # -- output threads ------------------------------------------------------------------
     def _loop(self, w: _Worker) -> None:
         if self._torch_threads:
             torch.set_num_threads(self._torch_threads)
         while True:
-            item = w.queue.get()
-            if item is None:
+            msg = w.queue.get()
+            if isinstance(msg, Stop):
                 return
-            kind, req, payload = item
-            if kind == "barrier":
-                req.set()
+            if isinstance(msg, Barrier):
+                msg.done.set()
                 continue
             t0 = time.perf_counter()
-            if req.id in w.failed:
-                if kind == "finish":
-                    w.failed.discard(req.id)
-                continue
-            try:
-                if kind == "frame":
-                    self._on_frame(w, req, *payload)
-                else:
-                    self._on_finish(w, req)
-            except Exception as e:  # a failure here ends this stream only
-                log.exception("output stage failed for request %s", req.id)
-                w.pending.pop(req.id, None)
-                w.failed.add(req.id)
-                req.stream.push(_finished(req, FinishReason.ERROR, f"audio output failed: {e}", False))
-                if self.on_error is not None and kind == "frame":
-                    self.on_error(req, f"audio output failed: {e}")
+            if isinstance(msg, PcmFrames):
+                self._on_frames(w, msg)
+            else:
+                self._on_end(w, msg)
             w.busy_s += time.perf_counter() - t0
 
-    def _on_frame(self, w: _Worker, req: Request, pcm: torch.Tensor, frames: int) -> None:
-        p = w.pending.setdefault(req.id, _Pending([]))
-        p.chunks.append(pcm)
-        p.frames += frames
-        target = self.first_chunk_frames if p.sent_chunks == 0 else self.chunk_frames
-        if p.frames >= target:
-            self._emit(w, req, p)
+    def _on_frames(self, w: _Worker, msg: PcmFrames) -> None:
+        out = w.streams.setdefault(msg.stream.id, _StreamOut())
+        if out.failed:
+            return
+        out.chunks.append(msg.pcm)
+        out.frames += msg.frames
+        target = self.first_chunk_frames if out.sent_chunks == 0 else self.chunk_frames
+        if out.frames < target:
+            return
+        try:
+            self._emit(w, msg, out)
+        except Exception as e:  # this stream only
+            log.exception("output stage failed for request %s", msg.stream.label)
+            out.failed, out.chunks, out.frames = True, [], 0
+            self._report(StreamFailed((msg.stream.id,), f"audio output failed: {e}"))
 
-    def _on_finish(self, w: _Worker, req: Request) -> None:
-        p = w.pending.pop(req.id, None)
-        if p is not None and p.frames and req.finish_reason is not FinishReason.ERROR:
-            self._emit(w, req, p)
-        req.stream.push(_finished(req, req.finish_reason, req.error, self.watermarker is not None))
+    def _on_end(self, w: _Worker, end: StreamEnd) -> None:
+        out = w.streams.pop(end.stream.id, None) or _StreamOut()
+        reason, error = end.reason, end.error
+        if out.frames and not out.failed and reason is not FinishReason.ERROR:
+            try:
+                self._emit(w, end, out)
+            except Exception as e:
+                log.exception("output stage failed for request %s", end.stream.label)
+                reason, error = FinishReason.ERROR, f"audio output failed: {e}"
+        end.stream.sink.push(Finished(
+            reason=reason, frames=end.frames, prompt_frames=end.prompt_frames,
+            queue_s=end.t_admitted - end.t_arrival,
+            ttfa_s=None if out.t_first_audio is None else out.t_first_audio - end.t_arrival,
+            total_s=end.t_finished - end.t_arrival, watermarked=self.watermarker is not None, error=error))
 
-    def _emit(self, w: _Worker, req: Request, p: _Pending) -> None:
-        audio = torch.cat(p.chunks)  # [frames * 1920]
+    def _emit(self, w: _Worker, msg: PcmFrames | StreamEnd, out: _StreamOut) -> None:
+        audio = torch.cat(out.chunks)  # [frames * 1920]
         if w.watermarker is not None:
             audio = w.watermarker.apply(audio)
-        if req.params.output_sample_rate != SAMPLE_RATE:
-            audio = resample(audio, SAMPLE_RATE, req.params.output_sample_rate)
-        if req.t_first_audio is None:
-            req.t_first_audio = time.monotonic()
-        req.stream.push(AudioOut(audio.numpy().astype(np.float32, copy=False), p.frames, self.watermarker is not None))
-        p.chunks, p.frames = [], 0
-        p.sent_chunks += 1
-
-
-def _finished(req: Request, reason: FinishReason, error: str | None, watermarked: bool) -> Finished:
-    end = req.t_finished or time.monotonic()
-    admitted = req.t_admitted or end
-    return Finished(
-        reason=reason,
-        frames=req.num_frames,
-        prompt_frames=req.prompt_len,
-        queue_s=admitted - req.t_arrival,
-        ttfa_s=None if req.t_first_audio is None else req.t_first_audio - req.t_arrival,
-        total_s=end - req.t_arrival,
-        watermarked=watermarked,
-        error=error,
-    )
+        if msg.stream.sample_rate != SAMPLE_RATE:
+            audio = resample(audio, SAMPLE_RATE, msg.stream.sample_rate)
+        if out.t_first_audio is None:
+            out.t_first_audio = time.monotonic()
+        msg.stream.sink.push(AudioOut(audio.numpy().astype(np.float32, copy=False), out.frames,
+                                      self.watermarker is not None))
+        out.chunks, out.frames = [], 0
+        out.sent_chunks += 1

@@ -1,18 +1,20 @@
-"""A request inside the engine: its status changes only in the engine loop."""
+"""A request inside the engine. Created and changed only by the engine thread; the other
+threads know it through messages (server/engine/messages.py)."""
 
 from __future__ import annotations
 
 import enum
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from server.engine.messages import StreamRef
 from server.engine.stream import RequestStream
-from server.engine.types import FinishReason, SynthesisParams
+from server.engine.types import FinishReason, SynthesisParams, Violation
 
 
 class RequestStatus(enum.Enum):
-    WAITING = "waiting"  # queued, no slot yet
+    PREPARING = "preparing"  # on the prep thread: context audio encoded, prompt built
+    WAITING = "waiting"  # prepared, no slot yet
     PREFILLING = "prefilling"  # has a slot; prompt positions still to compute
     DECODING = "decoding"  # produces one frame per step
     FINISHED = "finished"
@@ -20,28 +22,29 @@ class RequestStatus(enum.Enum):
 
 @dataclass(slots=True, eq=False)
 class Request:
-    id: str
+    id: int  # minted by the engine
     params: SynthesisParams
-    stream: RequestStream
-    prompt_len: int  # backbone positions of the prompt
-    max_frames: int
+    sink: RequestStream
     seed: int
-    status: RequestStatus = RequestStatus.WAITING
+    max_frames: int
+    t_arrival: float
+    status: RequestStatus = RequestStatus.PREPARING
+    prompt_len: int = 0  # backbone positions of the prompt, known once prepared
     slot: int | None = None
+    stream: StreamRef | None = None  # set when it gets a slot
     num_prefilled: int = 0  # prompt positions already in the KV cache
     num_frames: int = 0  # generated frames (EOS not counted)
     finish_reason: FinishReason | None = None
     error: str | None = None
+    violations: tuple[Violation, ...] = ()
     # Model-side state (tensors), owned by the runner; opaque to the scheduler.
     state: Any = None
-    t_arrival: float = field(default_factory=time.monotonic)
     t_admitted: float | None = None
-    t_first_audio: float | None = None
     t_finished: float | None = None
 
     @property
-    def prefill_done(self) -> bool:
-        return self.num_prefilled >= self.prompt_len
+    def label(self) -> str:
+        return self.params.request_id
 
     @property
     def finished(self) -> bool:

@@ -1,6 +1,6 @@
 """Runs one scheduled step on the model: prefill chunks, one backbone position for every
 decoding slot, and codebook 0 + the depth decoder for every slot that makes a frame.
-(Mimi decodes the frames on its own thread: server/engine/audio.py.)
+(Mimi decodes the frames on its own thread: server/engine/mimi_decode.py.)
 """
 
 from __future__ import annotations
@@ -44,14 +44,16 @@ class ModelRunner:
         self.device = model.audio_head.device
         model.setup_caches(max_slots, max_seq)
         self.max_slots = max_slots
+        self.max_seq = model.max_seq
         self.sample_frames = sample_frames
         if cuda_graphs and self.device.type == "cuda":
             from csm_core.cuda_graphs import GraphedFrameSampler
 
             self.sample_frames = GraphedFrameSampler(model, max_slots)
 
-    def start_request(self, req: Request, prompt: Prompt, sampling: SamplingParams) -> None:
-        req.state = SlotState(prompt, sampling, make_generator(req.seed, self.device))
+    def new_state(self, prompt: Prompt, sampling: SamplingParams, seed: int) -> SlotState:
+        """The tensors a request keeps between steps (engine thread, when it is prepared)."""
+        return SlotState(prompt, sampling, make_generator(seed, self.device))
 
     @torch.inference_mode()
     def run(self, plan: SchedulerOutput) -> StepResult:

@@ -60,10 +60,6 @@ class SchedulerOutput:
     def num_prefill_tokens(self) -> int:
         return sum(c.end - c.start for c in self.prefill)
 
-    @property
-    def empty(self) -> bool:
-        return not (self.prefill or self.decode)
-
 
 class Scheduler:
     def __init__(self, num_slots: int, prefill_chunk: int, prefill_budget: int,
@@ -76,6 +72,8 @@ class Scheduler:
         self.running: list[Request] = []  # in admission order
 
     def add(self, request: Request) -> None:
+        """A prepared request (its prompt length is known) queues for a slot."""
+        request.status = RequestStatus.WAITING
         self.waiting.append(request)
 
     def schedule(self) -> SchedulerOutput:

@@ -1,7 +1,9 @@
-"""The hand-off of one request's events from the engine thread to its consumer.
+"""The hand-off of one request's events from the engine to its consumer.
 
-The engine thread calls `push`; a consumer either iterates synchronously (`for ev in stream`)
-or asynchronously (`async for ev in stream`) on the event loop the stream was created on.
+An output worker pushes a stream's audio and its Finished event (the engine thread pushes
+Finished itself for a request that never got a slot); a consumer either iterates
+synchronously (`for ev in stream`) or asynchronously (`async for ev in stream`) on the event
+loop the stream was created on. `cancel` reaches the engine through its control channel.
 Torch-free.
 """
 
@@ -16,8 +18,9 @@ from server.engine.types import Event, Finished
 
 
 class RequestStream:
-    def __init__(self, request_id: str, on_cancel: Callable[[str], None]):
-        self.request_id = request_id
+    def __init__(self, request_id: int, label: str, on_cancel: Callable[[int], None]):
+        self.request_id = request_id  # minted by the engine, unique in the process
+        self.label = label  # the caller's request_id
         self._on_cancel = on_cancel
         self._cancelled = threading.Event()
         try:
@@ -29,7 +32,7 @@ class RequestStream:
 
     # -- engine side -------------------------------------------------------------------
     def push(self, event: Event) -> None:
-        """Deliver an event (engine thread). Never raises: a closed loop means nobody listens."""
+        """Deliver an event (any thread). Never raises: a closed loop means nobody listens."""
         if self._loop is None:
             self._squeue.put(event)
             return

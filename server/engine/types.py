@@ -1,13 +1,14 @@
-"""What crosses the boundary between the gRPC servicer and the engine.
+"""What crosses the boundary between a front end (the gRPC servicer, benchmarks) and the engine.
 
-Torch-free on purpose: the servicer imports this module, never torch. Audio travels as
-numpy float32 mono arrays.
+Torch-free on purpose: the servicer imports this module, never torch. Audio travels as numpy
+float32 mono arrays, or still encoded (`EncodedAudio`): the engine's prep thread decodes it,
+so no front end ever decodes audio on its event loop.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -16,22 +17,42 @@ class FinishReason(enum.Enum):
     EOS = "eos"  # the model produced its all-zero end-of-utterance frame
     LENGTH = "length"  # max_audio_ms reached
     CANCELLED = "cancelled"  # caller went away, deadline passed, or server shut down
+    INVALID = "invalid"  # found invalid once its audio was decoded or its prompt built: see violations
     ERROR = "error"  # this request failed inside the engine; others are unaffected
+
+
+class OutputEncoding(enum.Enum):
+    PCM_S16LE = "pcm_s16le"
+    PCM_F32LE = "pcm_f32le"
+    WAV = "wav"  # RIFF/WAVE, 16-bit PCM
+    OGG_OPUS = "ogg_opus"
+
+
+@dataclass(slots=True, frozen=True)
+class EncodedAudio:
+    """Audio as the caller sent it. `encoding` is a csm_core.audio_io encoding name ("auto",
+    "wav", "ogg_opus", "pcm_s16le", "pcm_f32le"); raw PCM needs `sample_rate`."""
+
+    data: bytes
+    encoding: str = "auto"
+    sample_rate: int = 0
 
 
 @dataclass(slots=True, frozen=True)
 class ContextSegment:
-    """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples)."""
+    """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples)
+    or `EncodedAudio` (decoded by the engine, off the caller's thread)."""
 
     speaker: int
     text: str
-    audio: np.ndarray | None = None
-    sample_rate: int = 24_000
+    audio: np.ndarray | EncodedAudio | None = None
+    sample_rate: int = 24_000  # of an ndarray `audio`
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, frozen=True)
 class SynthesisParams:
-    """One request, as the engine sees it. Defaults are CSM's (temperature 0.9, top-k 50)."""
+    """One request, as the engine sees it. Defaults are CSM's (temperature 0.9, top-k 50).
+    Every limit it must keep is in server/engine/rules.py."""
 
     text: str
     speaker: int = 0
@@ -40,8 +61,9 @@ class SynthesisParams:
     top_k: int = 50
     seed: int | None = None  # None: the engine draws one
     max_audio_ms: int | None = None  # None: EngineLimits.default_max_audio_ms
+    output_encoding: str = OutputEncoding.PCM_S16LE.value  # an OutputEncoding value (the front end encodes)
     output_sample_rate: int = 24_000  # the engine resamples its 24 kHz output to this rate
-    request_id: str = ""
+    request_id: str = ""  # the caller's label: echoed and logged, never a key inside the engine
 
 
 @dataclass(slots=True, frozen=True)
@@ -64,7 +86,8 @@ class Finished:
     ttfa_s: float | None  # arrival -> first audio handed to the stream (None: no audio)
     total_s: float  # arrival -> finished
     watermarked: bool
-    error: str | None = None  # set when reason is ERROR
+    error: str | None = None  # set when reason is ERROR or CANCELLED by the server
+    violations: tuple[Violation, ...] = ()  # set when reason is INVALID
 
 
 Event = AudioOut | Finished
@@ -79,13 +102,13 @@ class Violation:
 class InvalidRequest(Exception):
     """The request can never be served as sent (maps to INVALID_ARGUMENT)."""
 
-    def __init__(self, violations: list[Violation]):
-        self.violations = violations
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+    def __init__(self, violations: list[Violation] | tuple[Violation, ...]):
+        self.violations = tuple(violations)
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in self.violations))
 
 
 class QueueFull(Exception):
-    """The waiting queue is full; try again later (maps to RESOURCE_EXHAUSTED + RetryInfo)."""
+    """The engine holds as many requests as it may; try again later (RESOURCE_EXHAUSTED + RetryInfo)."""
 
     def __init__(self, message: str, retry_after_s: float):
         self.retry_after_s = retry_after_s
@@ -98,15 +121,18 @@ class EngineUnavailable(Exception):
 
 @dataclass(slots=True, frozen=True)
 class EngineLimits:
+    """Every request limit, defined once (server/engine/rules.py checks them)."""
+
     max_slots: int
-    max_queue: int
+    max_queue: int  # requests that may wait for a slot beyond the slots
     max_seq_len: int  # backbone positions per slot: prompt + generated frames must fit
-    max_text_chars: int
+    max_text_chars: int  # the text to speak, and each context segment's text
     max_context_segments: int
     max_speaker_id: int
     max_audio_ms: int
     default_max_audio_ms: int
-    max_context_audio_s: float
+    max_context_audio_s: float  # each context segment's audio
+    max_request_id_chars: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -130,22 +156,32 @@ class EngineInfo:
 
 @dataclass(slots=True, frozen=True)
 class EngineStats:
-    """A snapshot of the engine's load, cheap to take from any thread."""
+    """A snapshot of the engine's load, published by the engine thread; cheap to read anywhere."""
 
     slots_in_use: int
     max_slots: int
-    requests_waiting: int
+    requests_waiting: int  # submitted, no slot yet (context being prepared, or queued)
     requests_prefilling: int
     requests_decoding: int
 
 
 @dataclass(slots=True, frozen=True)
 class StepStats:
-    """Handed to `on_step` observers after every engine step (from the engine thread)."""
+    """Handed to step observers (`Engine.add_step_observer`) after every engine step, on the engine thread."""
 
     duration_s: float
     decoding: int  # slots that produced a frame this step
     prefill_tokens: int  # prompt positions prefilled this step
     frames: int  # frames produced this step
-    breakdown_s: dict[str, float] = field(default_factory=dict)  # backbone, depth, mimi, ...
+    breakdown_s: dict[str, float]  # backbone, depth, mimi (hand-off wait), other
     finished: tuple[FinishReason, ...] = ()  # requests that ended this step
+
+
+@dataclass(slots=True, frozen=True)
+class PipelineCounters:
+    """Busy time of the threads beside the engine's, and Mimi's calls, since the engine started."""
+
+    output_busy_s: float  # watermarking and resampling, summed over the output workers
+    mimi_busy_s: float
+    mimi_calls: int
+    mimi_frames: int  # step-frames decoded (a call of T steps counts T)

@@ -7,7 +7,7 @@ import pytest
 
 from csm_client import SpeechClient
 from server.engine.config import EngineConfig
-from server.engine.engine import Engine
+from server.engine.engine import Engine, build
 
 from .harness import LoopbackServer
 
@@ -17,7 +17,7 @@ WARMUP_TIMEOUT_S = 300
 def start_tiny_engine(**overrides) -> Engine:
     config = EngineConfig(**{"model": "tiny", "device": "cpu", "dtype": "float32", "watermark": False,
                              "max_slots": 4, "max_queue": 16, **overrides})
-    engine = Engine(config)
+    engine = build(config)
     engine.start()
     assert engine.wait_ready(WARMUP_TIMEOUT_S), "the tiny engine did not warm up"
     return engine

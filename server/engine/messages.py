@@ -1,0 +1,144 @@
+"""What crosses a thread boundary inside the engine: typed, immutable messages.
+
+    callers ─ Submitted, Cancel ─────────►┐
+    prep thread ─ Prepared, PrepFailed ──►├─ control channel ─► engine thread (drained once per
+    Mimi, output threads ─ StreamFailed ─►┘                      loop, before it schedules)
+    engine thread ─ PrepJob ─► prep thread
+    engine thread ─ MimiStep, StreamEnd ─► Mimi thread ─ PcmFrames, StreamEnd ─► output worker
+
+The engine thread alone changes a request (server/engine/request.py); the other threads see
+only these messages. Tensors inside them are never written after they are sent.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from server.engine.stream import RequestStream
+from server.engine.types import FinishReason, SynthesisParams, Violation
+
+if TYPE_CHECKING:
+    import torch
+
+    from csm_core.framing import Prompt
+    from csm_core.sampling import SamplingParams
+
+
+# -- control channel (any thread -> engine thread) ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A new request (caller thread). Sent before its PrepJob, so it is known before any reply."""
+
+    id: int
+    params: SynthesisParams
+    sink: RequestStream
+    seed: int
+    max_frames: int
+    t_arrival: float
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """The caller went away (client cancelled, deadline passed)."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """Prep thread: the request's context audio is encoded and its prompt built."""
+
+    id: int
+    prompt: Prompt
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class PrepFailed:
+    """Prep thread: the request is invalid once decoded (violations) or could not be prepared (error)."""
+
+    id: int
+    violations: tuple[Violation, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamFailed:
+    """Mimi or output thread: these streams' audio could not be produced."""
+
+    ids: tuple[int, ...]
+    error: str
+
+
+Control = Submitted | Cancel | Prepared | PrepFailed | StreamFailed
+
+
+# -- engine thread -> prep thread ---------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PrepJob:
+    id: int
+    params: SynthesisParams
+    max_frames: int
+
+
+# -- engine thread -> Mimi thread -> output workers ----------------------------------------
+@dataclass(frozen=True, slots=True)
+class StreamRef:
+    """A stream as the Mimi and output threads know it, fixed when its request gets a slot."""
+
+    id: int
+    label: str  # the caller's request_id, for logs
+    slot: int
+    sample_rate: int  # output rate
+    sink: RequestStream
+
+
+@dataclass(frozen=True, slots=True)
+class MimiRow:
+    stream: StreamRef
+    codes: torch.Tensor  # [32] this step's frame
+    first: bool  # the stream's first frame: its Mimi row is reset before it is decoded
+
+
+@dataclass(frozen=True, slots=True)
+class MimiStep:
+    """One engine step's frames, one row per stream that made a frame (EOS frames excluded)."""
+
+    rows: tuple[MimiRow, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The end of a stream, after its last frame: everything its Finished event reports."""
+
+    stream: StreamRef
+    reason: FinishReason
+    error: str | None
+    frames: int
+    prompt_frames: int
+    t_arrival: float
+    t_admitted: float
+    t_finished: float
+
+
+@dataclass(frozen=True, slots=True)
+class PcmFrames:
+    """Consecutive frames of one stream decoded by one Mimi call."""
+
+    stream: StreamRef
+    pcm: torch.Tensor  # float32 [frames * 1920] at 24 kHz
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class Barrier:
+    """Set once every message queued before it has been handled."""
+
+    done: threading.Event
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """The thread's last message."""

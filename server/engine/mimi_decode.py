@@ -1,0 +1,152 @@
+"""The Mimi thread: streaming decode of every slot at once, pipelined with the model steps.
+
+The engine thread hands over each step's frames (`decode`) and goes on with the next step while
+this thread decodes earlier ones: on CPU the model step and Mimi overlap instead of adding up.
+When Mimi falls behind, the steps waiting in the queue are decoded together, several frames
+per row in one call (Mimi's per-call cost dominates small calls), so the pipeline batches in
+time exactly when it needs to and keeps one frame per call otherwise.
+
+Steps and stream ends travel through one FIFO queue. A merged call may span streams that end
+inside it (their rows get padding frames whose output is dropped, and their end is passed on
+after the call), but no stream may start inside it: a new stream's first frame always starts a
+call, and its row's state is reset just before. Backpressure is the paced credits of
+server/engine/pacing.py, and only those: `decode` takes one, a call gives its steps' back.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+
+import torch
+
+from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE
+from csm_core.mimi import MimiCodec
+from server.engine.messages import Barrier, Control, MimiStep, PcmFrames, Stop, StreamEnd, StreamFailed
+from server.engine.output import OutputStage
+from server.engine.pacing import PACE, CallCostModel, PacedCredits
+
+log = logging.getLogger(__name__)
+
+
+class MimiDecoder:
+    def __init__(self, codec: MimiCodec, max_slots: int, output: OutputStage, report: Callable[[Control], None],
+                 max_frames_per_call: int, torch_threads: int | None = None):
+        self.max_slots = max_slots
+        self.output = output
+        self._report = report  # the engine's control channel
+        self.max_frames_per_call = max_frames_per_call
+        self._torch_threads = torch_threads
+        self._stream = codec.stream_decoder(max_slots)
+        self._queue: queue.SimpleQueue[MimiStep | StreamEnd | Barrier | Stop] = queue.SimpleQueue()
+        # A call's worth of steps may wait: when Mimi is the bottleneck the next full call is
+        # queued by the time one is decoded, and the engine refills the queue step by step.
+        self._credits = PacedCredits(max_frames_per_call)
+        self._cost = CallCostModel()
+        self.busy_s = 0.0  # Mimi decode time (read by stats)
+        self.calls = 0
+        self.frames = 0  # step-frames decoded (a call of T steps counts T)
+        self._thread = threading.Thread(target=self._loop, name="csm-mimi", daemon=True)
+        self._thread.start()
+
+    # -- engine thread -----------------------------------------------------------------
+    def decode(self, step: MimiStep) -> None:
+        """Queue one step's frames; waits (paced) while a call's worth of steps is queued."""
+        self._credits.acquire()
+        self._queue.put(step)
+
+    def end(self, end: StreamEnd) -> None:
+        """A stream's end, after its last frames."""
+        self._queue.put(end)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Wait until everything queued so far has been delivered to the streams."""
+        done = threading.Event()
+        self._queue.put(Barrier(done))
+        done.wait(timeout)
+
+    def close(self) -> None:
+        self._queue.put(Stop())
+        self._thread.join(timeout=10)
+        self._stream.close()
+
+    # -- Mimi thread -------------------------------------------------------------------
+    @torch.inference_mode()
+    def _loop(self) -> None:
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        carry = None
+        while True:
+            item = carry if carry is not None else self._queue.get()
+            carry = None
+            if isinstance(item, Stop):
+                return
+            if isinstance(item, StreamEnd):
+                self.output.end(item)
+            elif isinstance(item, Barrier):
+                self.output.flush()
+                item.done.set()
+            else:
+                steps, ended, carry = self._gather(item)
+                shape = (max(row.stream.slot for row in item.rows) + 1, len(steps))
+                self._credits.release(len(steps), PACE * self._cost.expected_step_s(shape))
+                busy = self.busy_s
+                self._decode(steps)
+                self._cost.observe(shape, (self.busy_s - busy) / len(steps))
+                for end in ended:  # after their last frames
+                    self.output.end(end)
+
+    def _gather(self, first: MimiStep) -> tuple[list[MimiStep], list[StreamEnd], object | None]:
+        """The queued steps that can join `first` in one call: each of their rows must be a
+        stream of `first`, none its first frame. Returns the steps, the stream ends among them,
+        and the queue item that stopped the merge."""
+        steps, ended = [first], []
+        members = {row.stream.id for row in first.rows}
+        while len(steps) < self.max_frames_per_call:
+            try:
+                nxt = self._queue.get_nowait()
+            except queue.Empty:
+                return steps, ended, None
+            if isinstance(nxt, StreamEnd):
+                ended.append(nxt)
+            elif isinstance(nxt, MimiStep) and all(r.stream.id in members and not r.first for r in nxt.rows):
+                steps.append(nxt)
+            else:
+                return steps, ended, nxt
+        return steps, ended, None
+
+    def _decode(self, steps: list[MimiStep]) -> None:
+        """Steps of the same streams (some may end early) -> one Mimi call with T = len(steps) frames per row."""
+        t0 = time.perf_counter()
+        rows = steps[0].rows
+        dev = rows[0].codes.device
+        n = len(steps)
+        # Rows of streams that end inside the call decode padding (zeros) after their last
+        # frame: that output is dropped, and the slot is reset before it is used again.
+        batch = torch.zeros(self.max_slots, rows[0].codes.shape[0], n, dtype=torch.long, device=dev)  # [slots, 32, T]
+        active = torch.zeros(self.max_slots, dtype=torch.bool, device=dev)
+        for t, step in enumerate(steps):
+            for row in step.rows:
+                batch[row.stream.slot, :, t] = row.codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
+                active[row.stream.slot] = True
+        self.calls += 1
+        self.frames += n
+        try:
+            starting = [row.stream.slot for row in rows if row.first]
+            if starting:
+                self._stream.reset(starting)
+            pcm = self._stream.decode(batch, active).float().cpu()  # [slots, T * 1920]
+        except Exception as e:
+            log.exception("Mimi decode failed")
+            self._report(StreamFailed(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}"))
+            return
+        finally:
+            self.busy_s += time.perf_counter() - t0
+        made = Counter(row.stream.id for step in steps for row in step.rows)  # frames per stream in this call
+        for row in rows:  # every stream of the call is in its first step; its frames come first
+            frames = made[row.stream.id]
+            self.output.frames(PcmFrames(row.stream, pcm[row.stream.slot, : frames * FRAME_SAMPLES], frames))

@@ -1,0 +1,132 @@
+"""The engine's parts, loaded once from an EngineConfig: the model runner (model + KV cache),
+the tokenizer, Mimi, the watermarker, and what the engine reports about them.
+
+`build(config, parts=...)` (server/engine/engine.py) takes parts from here by default; a test
+hands in its own (a fake runner, a Mimi that fails on cue) through the same seam.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from csm_core.checkpoint import load_model
+from csm_core.companions import companions_for, loading
+from csm_core.constants import FRAME_RATE_HZ, FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
+from csm_core.mimi import MimiCodec
+from csm_core.text import TextTokenizer, load_tokenizer
+from csm_core.watermark import Watermarker
+from server.engine.config import EngineConfig
+from server.engine.runner import ModelRunner
+from server.engine.types import EngineInfo, EngineLimits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCard:
+    """What the engine reports about its model (GetModelInfo)."""
+
+    source: str
+    preset: str
+    random_weights: bool
+    device: str
+    dtype: str
+    backbone_layers: int
+    backbone_dim: int
+    decoder_layers: int
+    decoder_dim: int
+
+
+@dataclass(slots=True)
+class EngineParts:
+    runner: ModelRunner  # anything with max_seq, device, new_state(), run()
+    tokenizer: TextTokenizer
+    codec: MimiCodec  # anything with device, encode(), stream_decoder()
+    watermarker: Watermarker | None
+    card: ModelCard
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.runner.device)
+
+
+def load_parts(config: EngineConfig) -> EngineParts:
+    lm = load_model(config.model, config.device, config.dtype, seed=config.seed)
+    model = lm.model
+    device = model.audio_head.device
+    model.set_exact(config.exact if config.exact is not None else device.type == "cpu")
+    if lm.random_weights:
+        log.warning(
+            "MODEL %r HAS RANDOM WEIGHTS: the audio it generates is NOISE (offline demo / benchmark). "
+            "Pass --model sesame/csm-1b (or a local checkpoint) for speech.", config.model,
+        )
+    parts = companions_for(config.model, tokenizer=config.tokenizer, mimi=config.mimi_weights,
+                           watermark=config.watermark_weights)
+    with loading("tokenizer", parts.tokenizer, "--tokenizer"):
+        tokenizer = load_tokenizer(parts.tokenizer)
+    with loading("Mimi weights", parts.mimi, "--mimi-weights"):
+        codec = MimiCodec.load(parts.mimi, device)
+    watermarker = None
+    if config.watermark:
+        with loading("watermark weights", parts.watermark, "--watermark-weights"):
+            watermarker = Watermarker.load(parts.watermark, str(device), key=tuple(config.watermark_key))
+    backbone, decoder = lm.config.backbone, lm.config.decoder
+    max_seq = min(config.max_seq_len or backbone.max_seq_len, backbone.max_seq_len)
+    card = ModelCard(
+        source=config.model, preset=lm.preset, random_weights=lm.random_weights, device=str(device),
+        dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
+        backbone_layers=backbone.num_layers, backbone_dim=backbone.embed_dim,
+        decoder_layers=decoder.num_layers, decoder_dim=decoder.embed_dim,
+    )
+    return EngineParts(
+        runner=ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs),
+        tokenizer=tokenizer, codec=codec, watermarker=watermarker, card=card,
+    )
+
+
+def engine_info(config: EngineConfig, parts: EngineParts) -> EngineInfo:
+    limits = EngineLimits(
+        max_slots=config.max_slots, max_queue=config.max_queue, max_seq_len=parts.runner.max_seq,
+        max_text_chars=config.max_text_chars, max_context_segments=config.max_context_segments,
+        max_speaker_id=config.max_speaker_id, max_audio_ms=config.max_audio_ms,
+        default_max_audio_ms=config.default_max_audio_ms, max_context_audio_s=config.max_context_audio_s,
+        max_request_id_chars=config.max_request_id_chars,
+    )
+    c = parts.card
+    return EngineInfo(
+        model_source=c.source, preset=c.preset, random_weights=c.random_weights, device=c.device, dtype=c.dtype,
+        backbone_layers=c.backbone_layers, backbone_dim=c.backbone_dim, decoder_layers=c.decoder_layers,
+        decoder_dim=c.decoder_dim, num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
+        frame_samples=FRAME_SAMPLES, watermark_enabled=parts.watermarker is not None, limits=limits,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Threads:
+    """How the CPU is shared among the pipeline's threads."""
+
+    torch_threads: int | None  # intra-op threads of each pipeline thread; None: torch's default
+    output_workers: int
+
+
+def plan_threads(config: EngineConfig, parts: EngineParts) -> Threads:
+    """On CPU the model, Mimi, output and prep threads run at the same time: with all cores each,
+    their thread pools oversubscribe the CPU and spin against each other (measured on 2 cores:
+    ~25 % fewer frames/s than one thread each), so each gets half the cores (at least 1). On
+    accelerators their host threads mostly launch kernels: torch's default stands. With the
+    watermark on a CPU, one output worker per share of the cores."""
+    torch_threads = config.torch_threads
+    if torch_threads is None and parts.device.type == "cpu":
+        torch_threads = max(1, usable_cores() // 2)
+    workers = config.output_workers
+    if workers is None:
+        workers = max(1, usable_cores() // torch_threads) if parts.watermarker and torch_threads else 1
+    return Threads(torch_threads, workers)
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,158 @@
+"""The prep thread: a new request's context audio decoded, resampled and Mimi-encoded (one
+batched call for every request waiting), its prompt tokenized and framed, its fit checked.
+
+It runs off the engine thread, so a long context never stalls the streams being decoded, and
+at the lowest CPU priority (Linux: per-thread nice), so on a busy CPU the running streams come
+first. It changes no request: it reports `Prepared` or `PrepFailed` to the engine's control
+channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from csm_core.audio_io import AudioDecodeError, decode_audio, resample
+from csm_core.constants import SAMPLE_RATE
+from csm_core.framing import Segment, build_prompt
+from csm_core.mimi import MimiCodec
+from csm_core.sampling import SamplingParams
+from csm_core.text import TextTokenizer
+from server.engine import rules
+from server.engine.messages import Control, Prepared, PrepFailed, PrepJob, Stop
+from server.engine.types import EncodedAudio, EngineLimits, Violation
+
+log = logging.getLogger(__name__)
+
+# Niceness of the prep thread: the lowest, so that on a busy CPU the running streams come first
+# (SCHED_IDLE would starve context requests on a saturated server).
+PREP_NICE = 19
+
+
+@dataclass(slots=True)
+class _Work:
+    """One job while it is prepared."""
+
+    job: PrepJob
+    waves: dict[int, torch.Tensor] = field(default_factory=dict)  # segment index -> 24 kHz wave
+    codes: dict[int, torch.Tensor] = field(default_factory=dict)  # segment index -> [32, frames]
+    violations: list[Violation] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.violations and self.error is None
+
+
+class PrepWorker:
+    def __init__(self, tokenizer: TextTokenizer, codec: MimiCodec, limits: EngineLimits,
+                 report: Callable[[Control], None], torch_threads: int | None = None):
+        self._tokenizer = tokenizer
+        self._codec = codec
+        self._limits = limits
+        self._report = report  # the engine's control channel
+        self._torch_threads = torch_threads
+        self._jobs: queue.SimpleQueue[PrepJob | Stop] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name="csm-prep", daemon=True)
+        self._thread.start()
+
+    # -- engine thread -----------------------------------------------------------------
+    def prepare(self, job: PrepJob) -> None:
+        self._jobs.put(job)
+
+    def close(self) -> None:
+        self._jobs.put(Stop())
+        self._thread.join(timeout=10)
+
+    # -- prep thread -------------------------------------------------------------------
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        if self._torch_threads:
+            torch.set_num_threads(self._torch_threads)
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREP_NICE)
+        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
+            pass
+        while True:
+            batch = [self._jobs.get()]
+            while not isinstance(batch[-1], Stop):  # every job waiting, for one batched Mimi call
+                try:
+                    batch.append(self._jobs.get_nowait())
+                except queue.Empty:
+                    break
+            stop = isinstance(batch[-1], Stop)
+            jobs = [w for w in batch if not isinstance(w, Stop)]
+            if jobs:
+                self._prepare([_Work(job) for job in jobs])
+            if stop:
+                return
+
+    def _prepare(self, work: list[_Work]) -> None:
+        for w in work:
+            self._decode(w)
+        self._encode([w for w in work if w.ok])
+        for w in work:
+            if w.ok:
+                self._build(w)  # reports Prepared when it succeeds
+            if not w.ok:
+                self._report(PrepFailed(w.job.id, tuple(w.violations), w.error))
+
+    def _decode(self, w: _Work) -> None:
+        """Context audio -> 24 kHz waves; audio that cannot be used becomes a violation."""
+        for i, seg in enumerate(w.job.params.context):
+            if seg.audio is None:
+                continue
+            if isinstance(seg.audio, EncodedAudio):
+                try:
+                    audio, rate = decode_audio(seg.audio.data, seg.audio.encoding, seg.audio.sample_rate or None)
+                except AudioDecodeError as e:
+                    w.violations.append(Violation(f"context[{i}].audio", str(e)))
+                    continue
+                violation = rules.check_decoded_audio(i, len(audio) / rate, self._limits)
+                if violation is not None:
+                    w.violations.append(violation)
+                    continue
+            else:
+                audio, rate = seg.audio, seg.sample_rate
+            try:
+                w.waves[i] = resample(torch.from_numpy(np.asarray(audio, np.float32)), rate, SAMPLE_RATE)
+            except Exception as e:
+                w.error = f"context[{i}].audio could not be resampled: {e}"
+
+    def _encode(self, work: list[_Work]) -> None:
+        """Every wave of every job in one batched Mimi call; one at a time if that fails, so
+        that only the request with the bad audio fails."""
+        keys = [(w, i) for w in work for i in w.waves]
+        if not keys:
+            return
+        try:
+            encoded = self._codec.encode([w.waves[i].to(self._codec.device) for w, i in keys])
+            for (w, i), codes in zip(keys, encoded):
+                w.codes[i] = codes
+        except Exception:
+            for w, i in keys:
+                try:
+                    w.codes[i] = self._codec.encode([w.waves[i].to(self._codec.device)])[0]
+                except Exception as e:
+                    w.error = f"context[{i}].audio could not be encoded: {e}"
+
+    def _build(self, w: _Work) -> None:
+        p = w.job.params
+        try:
+            segments = [Segment(seg.speaker, seg.text, w.codes.get(i)) for i, seg in enumerate(p.context)]
+            prompt = build_prompt(self._tokenizer, segments, p.speaker, p.text)
+        except Exception as e:
+            w.error = f"the prompt could not be built: {e}"
+            return
+        violation = rules.check_prompt_fits(len(prompt), w.job.max_frames, self._limits)
+        if violation is not None:
+            w.violations.append(violation)
+            return
+        self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k)))

@@ -1,0 +1,53 @@
+"""csm.v1 messages -> the engine's request type. Torch-free, and cheap: no decoding, no checks.
+
+Every rule a request must keep is in server/engine/rules.py, applied by `Engine.submit`; this
+module only translates. Enum values this server does not know are passed on as their numbers,
+so that the rules report them with the field they came in.
+"""
+
+from __future__ import annotations
+
+from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
+from csm_wire import speech_pb2 as pb
+from server.engine.types import ContextSegment, EncodedAudio, OutputEncoding, SynthesisParams
+
+OUTPUT_ENCODINGS = {
+    pb.AUDIO_ENCODING_UNSPECIFIED: OutputEncoding.PCM_S16LE,
+    pb.AUDIO_ENCODING_PCM_S16LE: OutputEncoding.PCM_S16LE,
+    pb.AUDIO_ENCODING_PCM_F32LE: OutputEncoding.PCM_F32LE,
+    pb.AUDIO_ENCODING_WAV: OutputEncoding.WAV,
+    pb.AUDIO_ENCODING_OGG_OPUS: OutputEncoding.OGG_OPUS,
+}
+# What csm_core.audio_io.decode_audio calls each input encoding.
+INPUT_ENCODINGS = {
+    pb.AUDIO_ENCODING_UNSPECIFIED: "auto",
+    pb.AUDIO_ENCODING_PCM_S16LE: "pcm_s16le",
+    pb.AUDIO_ENCODING_PCM_F32LE: "pcm_f32le",
+    pb.AUDIO_ENCODING_WAV: "wav",
+    pb.AUDIO_ENCODING_OGG_OPUS: "ogg_opus",
+}
+
+
+def synthesis_params(request: pb.SynthesizeRequest) -> SynthesisParams:
+    output = OUTPUT_ENCODINGS.get(request.output.encoding)
+    sampling = request.sampling
+    return SynthesisParams(
+        text=request.text,
+        speaker=request.speaker,
+        context=tuple(_segment(s) for s in request.context),
+        temperature=sampling.temperature if sampling.HasField("temperature") else DEFAULT_TEMPERATURE,
+        top_k=sampling.top_k if sampling.HasField("top_k") else DEFAULT_TOP_K,
+        seed=sampling.seed if sampling.HasField("seed") else None,
+        max_audio_ms=request.max_audio_ms or None,
+        output_encoding=output.value if output is not None else str(request.output.encoding),
+        output_sample_rate=request.output.sample_rate or SAMPLE_RATE,
+        request_id=request.request_id,
+    )
+
+
+def _segment(segment: pb.Segment) -> ContextSegment:
+    audio = None
+    if segment.HasField("audio"):
+        a = segment.audio
+        audio = EncodedAudio(a.data, INPUT_ENCODINGS.get(a.encoding, str(a.encoding)), a.sample_rate)
+    return ContextSegment(speaker=segment.speaker, text=segment.text, audio=audio)
