@@ -5,16 +5,19 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from safetensors.torch import load_file, save_file
 
 from csm_core.checkpoint import CheckpointError, load_model, save_original
+from csm_core.companions import companions_for
 from csm_core.config import PRESETS, ModelConfig
 from csm_core.framing import Segment, audio_frames, build_prompt, text_frames
 from csm_core.generate import generate
 from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
-from csm_core.text import load_tokenizer
+from csm_core.text import build_offline_tokenizer, load_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +141,36 @@ def test_csm_codes_cli_offline(tmp_path):
     r = subprocess.run([sys.executable, "-m", "csm_core.cli", "--model", "tiny", "--text", "x", "--top-k", "0",
                         "--out", "-"], env=env, capture_output=True, text=True)
     assert r.returncode == 2 and "top_k" in r.stderr
+
+
+def test_companions_of_a_model_source():
+    preset = companions_for("tiny")
+    assert (preset.tokenizer, preset.mimi, preset.watermark) == ("offline", "random", "random")
+    real = companions_for("sesame/csm-1b")
+    assert (real.tokenizer, real.mimi, real.watermark) == ("unsloth/Llama-3.2-1B", "kyutai/moshiko-pytorch-bf16",
+                                                           "sony/silentcipher")
+    assert companions_for("/models/csm", mimi="/w/mimi.safetensors").mimi == "/w/mimi.safetensors"
+
+
+def test_csm_codes_gives_a_real_checkpoint_its_real_parts(tiny, tmp_path):
+    """A real-layout checkpoint never gets the byte tokenizer or a random Mimi: with the hub
+    unreachable, csm-codes fails and names the part and the flag for a local copy."""
+    ckpt = save_original(tiny.model, tmp_path / "ckpt")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_TORCH_COMPILE": "1"}
+
+    def codes(*args):
+        return subprocess.run([sys.executable, "-m", "csm_core.cli", "--model", str(ckpt), "--max-frames", "2",
+                               "--out", "-", *args], env=env, capture_output=True, text=True)
+
+    r = codes("--text", "Hi")
+    assert r.returncode == 2 and "tokenizer from 'unsloth/Llama-3.2-1B'" in r.stderr and "--tokenizer" in r.stderr
+    tokenizer = tmp_path / "tokenizer.json"
+    build_offline_tokenizer().save(str(tokenizer))
+    r = codes("--text", "Hi", "--tokenizer", str(tokenizer))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["prompt_frames"] == len("[0]Hi") + 2  # the named tokenizer, one token per byte
+    wav = tmp_path / "turn.wav"
+    sf.write(str(wav), np.zeros(4800, np.float32), 24_000)
+    r = codes("--text", "Hi", "--tokenizer", str(tokenizer), "--context", "1", "Before.", str(wav))
+    assert r.returncode == 2 and "Mimi weights from 'kyutai/moshiko-pytorch-bf16'" in r.stderr
+    assert "--mimi-weights" in r.stderr

@@ -21,14 +21,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 
-from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE
+from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS
 from csm_core.mimi import MimiCodec
 from server.engine.messages import Barrier, Control, MimiStep, PcmFrames, Stop, StreamEnd, StreamFailed
 from server.engine.output import OutputStage
 from server.engine.pacing import PACE, CallCostModel, PacedCredits
+from server.engine.types import FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +44,15 @@ class MimiDecoder:
         self.max_frames_per_call = max_frames_per_call
         self._torch_threads = torch_threads
         self._stream = codec.stream_decoder(max_slots)
+        self._device = codec.device
         self._queue: queue.SimpleQueue[MimiStep | StreamEnd | Barrier | Stop] = queue.SimpleQueue()
         # A call's worth of steps may wait: when Mimi is the bottleneck the next full call is
         # queued by the time one is decoded, and the engine refills the queue step by step.
         self._credits = PacedCredits(max_frames_per_call)
         self._cost = CallCostModel()
+        # Streams whose audio failed here, by id: their later frames are dropped and their end
+        # says why (the engine may end one by length before it hears of the failure).
+        self._failed: dict[int, str] = {}
         self.busy_s = 0.0  # Mimi decode time (read by stats)
         self.calls = 0
         self.frames = 0  # step-frames decoded (a call of T steps counts T)
@@ -86,7 +92,7 @@ class MimiDecoder:
             if isinstance(item, Stop):
                 return
             if isinstance(item, StreamEnd):
-                self.output.end(item)
+                self._end(item)
             elif isinstance(item, Barrier):
                 self.output.flush()
                 item.done.set()
@@ -98,7 +104,16 @@ class MimiDecoder:
                 self._decode(steps)
                 self._cost.observe(shape, (self.busy_s - busy) / len(steps))
                 for end in ended:  # after their last frames
-                    self.output.end(end)
+                    self._end(end)
+
+    def _fail(self, ids: tuple[int, ...], error: str) -> None:
+        for sid in ids:
+            self._failed.setdefault(sid, error)
+        self._report(StreamFailed(ids, error))
+
+    def _end(self, end: StreamEnd) -> None:
+        error = self._failed.pop(end.stream.id, None)
+        self.output.end(end if error is None else replace(end, reason=FinishReason.ERROR, error=error))
 
     def _gather(self, first: MimiStep) -> tuple[list[MimiStep], list[StreamEnd], object | None]:
         """The queued steps that can join `first` in one call: each of their rows must be a
@@ -120,19 +135,31 @@ class MimiDecoder:
         return steps, ended, None
 
     def _decode(self, steps: list[MimiStep]) -> None:
-        """Steps of the same streams (some may end early) -> one Mimi call with T = len(steps) frames per row."""
+        """Steps of the same streams (some may end early) -> one Mimi call with T = len(steps) frames per row.
+        A row whose codes are not a frame fails its stream alone; a failure of the batched call
+        fails the streams in it, as a failure of the batched model step does."""
         t0 = time.perf_counter()
-        rows = steps[0].rows
-        dev = rows[0].codes.device
         n = len(steps)
         # Rows of streams that end inside the call decode padding (zeros) after their last
         # frame: that output is dropped, and the slot is reset before it is used again.
-        batch = torch.zeros(self.max_slots, rows[0].codes.shape[0], n, dtype=torch.long, device=dev)  # [slots, 32, T]
-        active = torch.zeros(self.max_slots, dtype=torch.bool, device=dev)
+        batch = torch.zeros(self.max_slots, NUM_CODEBOOKS, n, dtype=torch.long, device=self._device)  # [slots, 32, T]
+        active = torch.zeros(self.max_slots, dtype=torch.bool, device=self._device)
+        bad: dict[int, str] = {}  # stream id -> what is wrong with its codes
         for t, step in enumerate(steps):
             for row in step.rows:
+                if row.stream.id in self._failed:
+                    continue
+                problem = _frame_problem(row.codes)
+                if problem is not None:
+                    bad.setdefault(row.stream.id, f"audio decoding failed: {problem}")
+                    continue
                 batch[row.stream.slot, :, t] = row.codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
                 active[row.stream.slot] = True
+        for sid, error in bad.items():
+            self._fail((sid,), error)
+        rows = [row for row in steps[0].rows if row.stream.id not in self._failed]
+        if not rows:
+            return
         self.calls += 1
         self.frames += n
         try:
@@ -142,7 +169,7 @@ class MimiDecoder:
             pcm = self._stream.decode(batch, active).float().cpu()  # [slots, T * 1920]
         except Exception as e:
             log.exception("Mimi decode failed")
-            self._report(StreamFailed(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}"))
+            self._fail(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}")
             return
         finally:
             self.busy_s += time.perf_counter() - t0
@@ -150,3 +177,10 @@ class MimiDecoder:
         for row in rows:  # every stream of the call is in its first step; its frames come first
             frames = made[row.stream.id]
             self.output.frames(PcmFrames(row.stream, pcm[row.stream.slot, : frames * FRAME_SAMPLES], frames))
+
+
+def _frame_problem(codes: torch.Tensor) -> str | None:
+    """Why `codes` is not one frame of Mimi codes, or None (shape and type only: no device sync)."""
+    if codes.shape != (NUM_CODEBOOKS,) or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+        return f"a frame must be {NUM_CODEBOOKS} integer codes, got {codes.dtype} {list(codes.shape)}"
+    return None

@@ -43,7 +43,7 @@ class _StreamOut:
     frames: int = 0  # frames in `chunks`
     sent_chunks: int = 0
     t_first_audio: float | None = None
-    failed: bool = False  # audio dropped from here on; waiting for the engine's StreamEnd
+    failure: str | None = None  # set when its output failed: audio dropped from here on
 
 
 @dataclass(eq=False)
@@ -122,7 +122,7 @@ class OutputStage:
 
     def _on_frames(self, w: _Worker, msg: PcmFrames) -> None:
         out = w.streams.setdefault(msg.stream.id, _StreamOut())
-        if out.failed:
+        if out.failure is not None:
             return
         out.chunks.append(msg.pcm)
         out.frames += msg.frames
@@ -132,18 +132,20 @@ class OutputStage:
         try:
             self._emit(w, msg, out)
         except Exception as e:  # this stream only
-            log.exception("output stage failed for request %s", msg.stream.label)
-            out.failed, out.chunks, out.frames = True, [], 0
-            self._report(StreamFailed((msg.stream.id,), f"audio output failed: {e}"))
+            log.exception("output stage failed for request %r", msg.stream.label)
+            out.failure, out.chunks, out.frames = f"audio output failed: {e}", [], 0
+            self._report(StreamFailed((msg.stream.id,), out.failure))
 
     def _on_end(self, w: _Worker, end: StreamEnd) -> None:
         out = w.streams.pop(end.stream.id, None) or _StreamOut()
         reason, error = end.reason, end.error
-        if out.frames and not out.failed and reason is not FinishReason.ERROR:
+        if out.failure is not None:  # the engine may have ended the stream before it heard of the failure
+            reason, error = FinishReason.ERROR, out.failure
+        elif out.frames and reason is not FinishReason.ERROR:
             try:
                 self._emit(w, end, out)
             except Exception as e:
-                log.exception("output stage failed for request %s", end.stream.label)
+                log.exception("output stage failed for request %r", end.stream.label)
                 reason, error = FinishReason.ERROR, f"audio output failed: {e}"
         end.stream.sink.push(Finished(
             reason=reason, frames=end.frames, prompt_frames=end.prompt_frames,
