@@ -21,12 +21,15 @@ class FinishReason(enum.Enum):
 
 @dataclass(slots=True, frozen=True)
 class ContextSegment:
-    """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples)."""
+    """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples).
+    `codes` is the turn's audio already Mimi-encoded (a stored voice): used as it is, never
+    encoded again; a segment carries audio or codes, not both."""
 
     speaker: int
     text: str
     audio: np.ndarray | None = None
     sample_rate: int = 24_000
+    codes: np.ndarray | None = None  # int16 [32, frames], read-only (shared with the voice registry)
 
 
 @dataclass(slots=True)
