@@ -2,7 +2,8 @@
 
 Errors are raised as domain exceptions and mapped to statuses by server.errors. A call that
 ends early (client cancelled, deadline passed, server stopping the call) cancels its engine
-request, which frees the slot within one engine step.
+request, which frees the slot within one engine step. A request naming a voice gets the
+voice's stored codes at the start of its context (server/voices/synthesis.py).
 """
 
 from __future__ import annotations
@@ -27,11 +28,15 @@ from server.engine.types import (
     EngineUnavailable,
     Finished,
     FinishReason,
+    InvalidRequest,
     SynthesisParams,
 )
-from server.errors import SynthesisFailed
+from server.errors import SynthesisFailed, Unimplemented
 from server.metrics import Metrics
 from server.validation import OUTPUT_ENCODINGS, has_context_audio, parse_request
+from server.voices.registry import VoiceRegistry
+from server.voices.synthesis import blame_request_fields, with_voice
+from server.voices.types import VoiceNotFound
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +91,10 @@ class _Chunker:
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
-    def __init__(self, engine: EngineClient, metrics: Metrics):
+    def __init__(self, engine: EngineClient, metrics: Metrics, voices: VoiceRegistry | None = None):
         self._engine = engine
         self._metrics = metrics
+        self._voices = voices
         self._accepting = True
 
     def stop_accepting(self) -> None:
@@ -114,6 +120,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         if OUTPUT_ENCODINGS[request.output.encoding] is OutputEncoding.WAV:
             audio = wav.finalize(audio)
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
+
+    async def Converse(self, request_iterator, context) -> None:
+        raise Unimplemented("csm.v1.Speech/Converse is part of the contract, but this server does not run "
+                            "conversations yet: use Synthesize with a voice")
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
         info, stats = self._engine.info(), self._engine.stats()
@@ -146,6 +156,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             output_encodings=sorted(set(OUTPUT_ENCODINGS) - {pb.AUDIO_ENCODING_UNSPECIFIED}),
         )
 
+    async def _submit(self, params: SynthesisParams, voice_name: str) -> RequestStream:
+        """engine.submit, with the named voice's segments first in the context."""
+        if not voice_name:
+            return self._engine.submit(params)
+        if self._voices is None:
+            raise VoiceNotFound(f"there is no voice {voice_name!r}: this server stores no voices")
+        voice = await asyncio.to_thread(self._voices.resolve, voice_name)
+        try:
+            return self._engine.submit(with_voice(params, voice))
+        except InvalidRequest as exc:
+            raise blame_request_fields(exc, voice) from None
+
     async def _synthesize(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext):
         """Yields AudioChunk messages, then one SynthesisResult."""
         arrival = time.monotonic()
@@ -157,7 +179,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         else:
             parsed = parse_request(request, request_id)
         encoder = make_encoder(parsed.encoding, parsed.sample_rate)
-        stream = self._engine.submit(parsed.params)
+        stream = await self._submit(parsed.params, request.voice)
         finished: Finished | None = None
 
         def cancel_unless_finished(_context=None) -> None:

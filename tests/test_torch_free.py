@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
-           "server.metrics", "server.auth", "server.errors"]
+           "server.metrics", "server.auth", "server.errors", "server.cli", "server.voices.registry",
+           "server.voices.store", "server.voices.servicer", "server.voices.synthesis", "server.voices.wire"]
 
 
 def test_servicer_server_app_and_client_import_without_torch():

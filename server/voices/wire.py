@@ -1,0 +1,52 @@
+"""csm.v1 voice messages <-> the registry's types. Torch-free."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from csm_core.constants import FRAME_MS
+from csm_wire import speech_pb2 as pb
+from csm_wire import voices_pb2 as vpb
+from server.engine.types import InvalidRequest, Violation
+from server.validation import _decode_context_audio as decode_audio_input
+from server.voices.registry import Clip, NewSegment
+from server.voices.types import Voice
+
+
+def decode_segments(segments: Sequence[pb.Segment]) -> list[NewSegment]:
+    """Decodes each segment's audio; InvalidRequest lists every segment whose audio is unusable."""
+    out, violations = [], []
+    for i, seg in enumerate(segments):
+        clip = None
+        if seg.HasField("audio"):
+            decoded = decode_audio_input(seg.audio, f"segments[{i}].audio")
+            if isinstance(decoded, Violation):
+                violations.append(decoded)
+            else:
+                clip = Clip(*decoded)
+        out.append(NewSegment(speaker=seg.speaker, text=seg.text, audio=clip))
+    if violations:
+        raise InvalidRequest(violations)
+    return out
+
+
+def voice_to_proto(voice: Voice) -> vpb.Voice:
+    created = Timestamp()
+    created.FromNanoseconds(int(voice.created_at * 1e9))
+    return vpb.Voice(
+        name=voice.name,
+        description=voice.description,
+        segments=[
+            vpb.VoiceSegment(speaker=s.speaker, text=s.text, audio_frames=s.audio_frames,
+                             audio_ms=s.audio_frames * FRAME_MS, prompt_frames=s.prompt_frames)
+            for s in voice.segments
+        ],
+        prompt_frames=voice.prompt_frames,
+        audio_ms=voice.audio_ms,
+        content_hash=voice.content_hash,
+        create_time=created,
+        size_bytes=voice.size_bytes,
+        codec=voice.codec,
+    )
