@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
+MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.csm_voice", "csm_client.conversation",
+           "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
            "server.metrics", "server.auth", "server.errors", "server.cli", "server.voices.registry",
            "server.voices.store", "server.voices.servicer", "server.voices.synthesis", "server.voices.wire"]
 
