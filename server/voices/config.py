@@ -17,7 +17,7 @@ def default_voices_dir() -> str:
 class VoicesConfig:
     directory: str = field(default_factory=default_voices_dir)  # shared by every replica that mounts it
     max_voices: int = 1000  # voices stored in the directory, all replicas together
-    max_bytes: int = 256 * 1024 * 1024  # bytes of all voice files (a 20 s voice takes ~17 KB)
+    max_bytes: int = 256 * 1024 * 1024  # bytes of all voice files (a 20 s voice takes ~16 KB)
 
     def __post_init__(self) -> None:
         if not self.directory:
