@@ -85,7 +85,7 @@ def test_a_restarted_server_lists_and_uses_voices_without_encoding(tmp_path):
     created = registry(tmp_path).create("bob", segments(1))
     encoder = StandInEncoder()
     restarted = registry(tmp_path, encoder)
-    assert [v.name for v in restarted.list().voices] == ["bob"]
+    assert [v.name for v in restarted.page().voices] == ["bob"]
     voice = restarted.resolve("bob")
     assert voice.content_hash == created.content_hash and voice.created_at == created.created_at
     assert encoder.calls == 0
@@ -125,7 +125,7 @@ def test_a_crash_mid_write_leaves_no_voice(tmp_path):
     fresh.write_bytes(data[:10])
     old = time.time() - STALE_TEMP_S - 60
     os.utime(stale, (old, old))
-    assert [v.name for v in reg.list().voices] == ["erin"]
+    assert [v.name for v in reg.page().voices] == ["erin"]
     with pytest.raises(VoiceNotFound):
         reg.get("frank")
     assert not stale.exists() and fresh.exists()
@@ -232,7 +232,7 @@ def test_an_unreadable_file_is_reported_not_served(tmp_path):
     (tmp_path / f"mona{SUFFIX}").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     with pytest.raises(VoiceUnusable):
         reg.get("mona")
-    assert [v.name for v in reg.list().voices] == ["liam"]
+    assert [v.name for v in reg.page().voices] == ["liam"]
     assert reg.usage().voices == 2  # it still takes room until deleted
     assert reg.delete("mona")
 
@@ -249,9 +249,9 @@ def test_pages_in_name_order(tmp_path):
     reg = registry(tmp_path)
     for name in ("c", "a", "b"):
         reg.create(name, segments(1))
-    first = reg.list(limit=2)
+    first = reg.page(limit=2)
     assert [v.name for v in first.voices] == ["a", "b"] and first.next_after == "b"
-    last = reg.list(after=first.next_after, limit=2)
+    last = reg.page(after=first.next_after, limit=2)
     assert [v.name for v in last.voices] == ["c"] and last.next_after == ""
 
 

@@ -100,8 +100,7 @@ class VoiceRegistry:
     def create(self, name: str, segments: Sequence[NewSegment], description: str = "") -> Voice:
         """Raises InvalidRequest, VoiceExists or VoiceQuotaExceeded; encodes only a voice that passed."""
         t0 = time.monotonic()
-        text_tokens = [len(self._tokenizer.encode_turn(s.speaker, s.text)) for s in segments]
-        violations = self._check(name, segments, description, text_tokens)
+        violations = self._check(name, segments, description)
         if violations:
             raise InvalidRequest(violations)
         if self.store.exists(name):  # early, before encoding; the store checks again when it publishes
@@ -112,7 +111,7 @@ class VoiceRegistry:
                                                "delete some before creating more")
         codes = [self._checked_codes(c, i) for i, c in
                  enumerate(self._encoder.encode([s.audio for s in segments]))]
-        prompt = [segment_prompt_frames(t, c.shape[1]) for t, c in zip(text_tokens, codes)]
+        prompt = [segment_prompt_frames(self._text_tokens(s), c.shape[1]) for s, c in zip(segments, codes)]
         if sum(prompt) > self.limits.max_prompt_frames:
             raise InvalidRequest([self._too_long(sum(prompt))])
         voice_segments = tuple(VoiceSegment(s.speaker, s.text, c, p) for s, c, p in zip(segments, codes, prompt))
@@ -141,7 +140,7 @@ class VoiceRegistry:
                                 f"{self.codec}: create the voice again on this deployment")
         return voice
 
-    def list(self, after: str = "", limit: int | None = None) -> VoicePage:
+    def page(self, after: str = "", limit: int | None = None) -> VoicePage:
         """Voices in name order, starting after the name `after`, at most `limit` of them."""
         names = [n for n in self.store.names() if n > after]
         page = names if limit is None else names[:limit]
@@ -159,8 +158,10 @@ class VoiceRegistry:
             log.info("deleted voice %r", name)
         return deleted
 
-    def _check(self, name: str, segments: Sequence[NewSegment], description: str,
-               text_tokens: list[int]) -> list[Violation]:
+    def _text_tokens(self, segment: NewSegment) -> int:
+        return len(self._tokenizer.encode_turn(segment.speaker, segment.text))
+
+    def _check(self, name: str, segments: Sequence[NewSegment], description: str) -> list[Violation]:
         lim, v = self.limits, []
         if not valid_name(name):
             v.append(Violation("name", f"{name!r} is not a voice name: {NAME_RULE}"))
@@ -170,8 +171,8 @@ class VoiceRegistry:
             v.append(Violation("segments", "a voice needs at least one segment (text and audio)"))
         elif len(segments) > lim.max_segments:
             v.append(Violation("segments", f"{len(segments)} segments; at most {lim.max_segments}"))
-        estimate = 0
-        for i, (seg, tokens) in enumerate(zip(segments, text_tokens)):
+        estimate = 0  # prompt positions, audio frames estimated from the clips' lengths
+        for i, seg in enumerate(segments):
             if not seg.text.strip():
                 v.append(Violation(f"segments[{i}].text", "must not be empty: give the transcript of the audio"))
             elif len(seg.text) > lim.max_text_chars:
@@ -183,8 +184,9 @@ class VoiceRegistry:
             elif seg.audio.seconds > lim.max_segment_audio_s:
                 v.append(Violation(f"segments[{i}].audio", f"{seg.audio.seconds:.1f} s is longer than the "
                                                            f"{lim.max_segment_audio_s:.0f} s accepted"))
-            else:
-                estimate += segment_prompt_frames(tokens, math.ceil(seg.audio.seconds * SAMPLE_RATE / FRAME_SAMPLES))
+            elif not v:
+                frames = math.ceil(seg.audio.seconds * SAMPLE_RATE / FRAME_SAMPLES)
+                estimate += segment_prompt_frames(self._text_tokens(seg), frames)
         if not v and estimate > lim.max_prompt_frames:
             v.append(self._too_long(estimate))
         return v

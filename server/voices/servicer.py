@@ -49,7 +49,7 @@ class VoicesServicer(voices_pb2_grpc.VoicesServicer):
             raise InvalidRequest([Violation("page_token", "not a next_page_token from ListVoices: "
                                                           "send it back as it came, or empty for the first page")])
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = self._registry.list(after=request.page_token, limit=size)
+        page = self._registry.page(after=request.page_token, limit=size)
         usage = self._registry.usage()
         limits = self._registry.limits
         return vpb.ListVoicesResponse(

@@ -146,7 +146,7 @@ class VoiceStore:
         now = time.time()
         with os.scandir(self.directory) as entries:
             for entry in entries:
-                if entry.name.endswith(SUFFIX) and valid_name(entry.name[: -len(SUFFIX)]):
+                if entry.name.endswith(SUFFIX) and valid_name(entry.name[: -len(SUFFIX)]) and entry.is_file():
                     names.append(entry.name[: -len(SUFFIX)])
                 elif entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIX):
                     self._remove_if_stale(entry, now)

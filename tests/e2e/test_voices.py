@@ -236,7 +236,8 @@ def test_deleting_a_voice_does_not_disturb_its_streams(engine, mimi_encoder, tmp
 
 def test_voices_service_is_reflected_and_converse_is_not_served_yet(engine, mimi_encoder, tmp_path):
     with voice_server(engine, mimi_encoder, tmp_path) as (client, _):
-        services = ProtoReflectionDescriptorDatabase(client._channel).get_services()
+        with grpc.insecure_channel(client.connection.target) as channel:
+            services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert "csm.v1.Voices" in services and "csm.v1.Speech" in services
         conversation = client.converse(voice="", timeout=30)
         conversation.close()
