@@ -1828,7 +1828,8 @@ type ConverseResponse_Audio struct {
 type ConverseResponse_Result struct {
 	// The last message of a speak turn's audio: how it ended (EOS, LENGTH when a piece was
 	// cut at max_audio_ms, CANCELLED when interrupted) and what it produced. `request_id` is
-	// the turn id; `prompt_frames` the context positions the turn started from.
+	// the turn id; `prompt_frames` the context positions the turn started from; the times
+	// count from the arrival of the turn's `speak` message.
 	Result *SynthesisResult `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
 }
 
