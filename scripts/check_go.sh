@@ -5,8 +5,8 @@
 #   3. go vet ./... and go test ./... pass.
 # The integration tests talk to the plaintext server at $CSM_SERVER (host:port). When it is
 # unset and .venv/bin/csm-serve exists, this script starts `csm-serve --model tiny` on a free
-# loopback port for the tests (metrics off; other settings from the CSM_* environment, e.g.
-# CSM_WATERMARK=false) and stops it afterwards. Under CI=true the integration tests fail
+# loopback port for the tests (metrics off, voices in a temporary directory; other settings
+# from the CSM_* environment, e.g. CSM_WATERMARK=false) and stops it afterwards. Under CI=true the integration tests fail
 # rather than skip when CSM_SERVER ends up unset.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,7 +42,8 @@ go vet ./...
 if [ -z "${CSM_SERVER:-}" ] && [ -x "$ROOT/.venv/bin/csm-serve" ]; then
   port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   echo "check_go.sh: starting csm-serve --model tiny on 127.0.0.1:$port (log: $tmp/csm-serve.log)" >&2
-  "$ROOT/.venv/bin/csm-serve" --model tiny --host 127.0.0.1 --port "$port" --metrics-port 0 >"$tmp/csm-serve.log" 2>&1 &
+  "$ROOT/.venv/bin/csm-serve" --model tiny --host 127.0.0.1 --port "$port" --metrics-port 0 \
+    --voices-dir "$tmp/voices" >"$tmp/csm-serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do  # up to 5 minutes to import torch and build the model
     if ! kill -0 "$server_pid" 2>/dev/null; then

@@ -39,8 +39,11 @@ install_tool protoc-gen-go-grpc google.golang.org/grpc/cmd/protoc-gen-go-grpc \
 
 mkdir -p "$OUT/csmv1"
 rm -f "$OUT"/csmv1/*.pb.go
+# google/rpc/status.proto (ConverseResponse.error) comes from googleapis-common-protos; its Go
+# package is google.golang.org/genproto/googleapis/rpc/status.
+GOOGLEAPIS=$("$PYTHON" -c 'import pathlib, google.rpc.status_pb2 as m; print(pathlib.Path(m.__file__).parents[2])')
 cd "$ROOT/protos"
-"$PYTHON" -m grpc_tools.protoc -I . \
+"$PYTHON" -m grpc_tools.protoc -I . -I "$GOOGLEAPIS" \
   --plugin=protoc-gen-go="$TOOLS_BIN/protoc-gen-go" \
   --plugin=protoc-gen-go-grpc="$TOOLS_BIN/protoc-gen-go-grpc" \
   --go_out="$OUT" --go_opt=module=$GO_MODULE \

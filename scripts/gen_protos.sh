@@ -16,8 +16,10 @@ python=${PYTHON:-"$root/.venv/bin/python"}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# -I protos keeps the descriptor's file name "csm/v1/speech.proto" (what reflection serves).
-(cd "$root/protos" && "$python" -m grpc_tools.protoc -I . \
+# -I protos keeps the descriptor's file name "csm/v1/speech.proto" (what reflection serves);
+# google/rpc/status.proto comes from googleapis-common-protos (a grpcio-status dependency).
+googleapis=$("$python" -c 'import pathlib, google.rpc.status_pb2 as m; print(pathlib.Path(m.__file__).parents[2])')
+(cd "$root/protos" && "$python" -m grpc_tools.protoc -I . -I "$googleapis" \
   --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" csm/v1/*.proto)
 
 mkdir -p "$out"

@@ -1,4 +1,5 @@
-"""The grpc.aio server around one engine: csm.v1.Speech, health, reflection, auth, TLS, metrics, drain.
+"""The grpc.aio server around one engine: csm.v1.Speech and csm.v1.Voices, health, reflection, auth,
+TLS, metrics, drain.
 
 Lifecycle: `start()` binds the ports with health NOT_SERVING and turns it SERVING once the
 engine has warmed up. `drain()` is the SIGTERM path: health goes NOT_SERVING, new calls get
@@ -19,16 +20,19 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from csm_wire import speech_pb2, speech_pb2_grpc
+from csm_wire import speech_pb2, speech_pb2_grpc, voices_pb2, voices_pb2_grpc
 from server.auth import BearerTokenInterceptor
 from server.engine.types import StepStats
 from server.errors import StatusInterceptor
 from server.metrics import Metrics, serve_metrics
 from server.servicer import EngineClient, SpeechServicer
+from server.voices.registry import VoiceRegistry
+from server.voices.servicer import VoicesServicer
 
 log = logging.getLogger(__name__)
 
 SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name  # "csm.v1.Speech"
+VOICES_SERVICE = voices_pb2.DESCRIPTOR.services_by_name["Voices"].full_name  # "csm.v1.Voices"
 HEALTH_SERVICES = ("", SPEECH_SERVICE)
 # After the engine has finished its in-flight requests, the time the last messages get to leave.
 FINAL_MESSAGES_GRACE_S = 5.0
@@ -85,12 +89,15 @@ class ServerConfig:
 
 
 class SpeechServer:
-    def __init__(self, engine: ServedEngine, config: ServerConfig):
+    def __init__(self, engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None):
+        """`voices`: the voice registry behind csm.v1.Voices and SynthesizeRequest.voice; None
+        serves no voices (Voices answers UNIMPLEMENTED, a named voice NOT_FOUND)."""
         self._engine = engine
         self.config = config
         self.metrics = Metrics(engine.stats)
         engine.add_step_observer(self.metrics.observe_step)
-        self._servicer = SpeechServicer(engine, self.metrics)
+        self._servicer = SpeechServicer(engine, self.metrics, voices)
+        self._voices = voices
         self._health = health.aio.HealthServicer()
         self._server: grpc.aio.Server | None = None
         self._metrics_http = None
@@ -111,10 +118,14 @@ class SpeechServer:
             ],
         )
         speech_pb2_grpc.add_SpeechServicer_to_server(self._servicer, self._server)
+        services = [SPEECH_SERVICE]
+        if self._voices is not None:
+            voices_pb2_grpc.add_VoicesServicer_to_server(VoicesServicer(self._voices), self._server)
+            services.append(VOICES_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection((SPEECH_SERVICE, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+        reflection.enable_server_reflection((*services, "grpc.health.v1.Health", reflection.SERVICE_NAME),
                                             self._server)
         address = f"{cfg.host}:{cfg.port}"
         credentials = cfg.server_credentials()

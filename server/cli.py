@@ -15,6 +15,8 @@ from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
 from server.app import ServedEngine, ServerConfig, SpeechServer
 from server.auth import load_tokens
 from server.engine.config import EngineConfig
+from server.voices.config import VoicesConfig, default_voices_dir
+from server.voices.registry import VoiceRegistry
 
 log = logging.getLogger("csm-serve")
 
@@ -86,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--drain-grace-s", "CSM_DRAIN_GRACE_S", "30", "on SIGTERM, seconds in-flight streams get to finish",
          type=float)
     flag("--log-format", "CSM_LOG_FORMAT", "text", "log format", choices=("text", "json"))
+    flag("--voices-dir", "CSM_VOICES_DIR", default_voices_dir(),
+         "directory of stored voices; replicas that share it share their voices")
+    flag("--max-voices", "CSM_MAX_VOICES", "1000", "voices the directory may hold; more get RESOURCE_EXHAUSTED",
+         type=int)
+    flag("--max-voice-bytes", "CSM_MAX_VOICE_BYTES", str(256 * 1024 * 1024),
+         "bytes all stored voices may take; more get RESOURCE_EXHAUSTED", type=int)
     return parser
 
 
@@ -111,9 +119,9 @@ def configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-async def serve(engine: ServedEngine, config: ServerConfig) -> None:
+async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None) -> None:
     """Serves until SIGTERM or SIGINT, then drains; a second signal stops at once."""
-    server = SpeechServer(engine, config)
+    server = SpeechServer(engine, config, voices)
     try:
         await server.start()
         loop = asyncio.get_running_loop()
@@ -165,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             mimi_weights=args.mimi_weights,
             tokenizer=args.tokenizer,
         )
+        voices_config = VoicesConfig(directory=args.voices_dir, max_voices=args.max_voices,
+                                     max_bytes=args.max_voice_bytes)
     except ValueError as exc:
         parser.error(str(exc))
     from server.engine.engine import build  # torch loads only once the flags are known to be valid
@@ -181,8 +191,16 @@ def main(argv: list[str] | None = None) -> int:
         log.info("bearer-token authentication on (%d tokens)", len(server_config.auth_tokens))
     else:
         log.warning("no auth tokens configured: any client that reaches the port may synthesize")
+    from server.voices.mimi_encoder import open_registry
+
+    try:
+        voices = open_registry(engine, voices_config)
+    except OSError as exc:
+        log.error("cannot use the voices directory %s: %s", voices_config.directory, exc)
+        return 1
+    log.info("voices in %s (%d stored)", voices_config.directory, voices.usage().voices)
     engine.start()
-    asyncio.run(serve(engine, server_config))
+    asyncio.run(serve(engine, server_config, voices))
     return 0
 
 

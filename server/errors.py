@@ -1,8 +1,10 @@
 """The one place where what went wrong becomes a gRPC status.
 
 Handlers raise domain exceptions (the engine's InvalidRequest / QueueFull / EngineUnavailable,
-and the few below); `StatusInterceptor` wraps every rpc, turns those exceptions into statuses
-with google.rpc details, and reports each call's final code to `on_done` (metrics).
+the voice registry's, and the few below); `StatusInterceptor` wraps every rpc, turns those
+exceptions into statuses with google.rpc details, and reports each call's final code to
+`on_done` (metrics). `status_proto` gives the same status as a google.rpc.Status message, for
+errors sent inside a stream (ConverseResponse.error).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull
+from server.voices.types import VoiceExists, VoiceNotFound, VoiceQuotaExceeded, VoiceUnusable
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +34,18 @@ class SynthesisFailed(Exception):
     """The engine ended this request with an error (INTERNAL); other requests are unaffected."""
 
 
+class Unimplemented(Exception):
+    """An rpc of the contract that this server does not serve yet (UNIMPLEMENTED)."""
+
+
 def to_status(exc: BaseException) -> grpc.Status | None:
     """The status for a domain exception; None for anything unexpected."""
+    status = status_proto(exc)
+    return rpc_status.to_status(status) if status is not None else None
+
+
+def status_proto(exc: BaseException) -> status_pb2.Status | None:
+    """The google.rpc.Status for a domain exception; None for anything unexpected."""
     if isinstance(exc, InvalidRequest):
         details = error_details_pb2.BadRequest(
             field_violations=[
@@ -45,22 +58,32 @@ def to_status(exc: BaseException) -> grpc.Status | None:
         seconds = max(exc.retry_after_s, 0.0)
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(math.modf(seconds)[0] * 1e9))
         return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), error_details_pb2.RetryInfo(retry_delay=delay))
-    if isinstance(exc, EngineUnavailable):
-        return _status(code_pb2.UNAVAILABLE, str(exc))
-    if isinstance(exc, Unauthenticated):
-        return _status(code_pb2.UNAUTHENTICATED, str(exc))
-    if isinstance(exc, SynthesisFailed):
-        return _status(code_pb2.INTERNAL, str(exc))
+    if isinstance(exc, VoiceQuotaExceeded):
+        quota = error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=str(exc))])
+        return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), quota)
+    simple = (
+        (VoiceNotFound, code_pb2.NOT_FOUND),
+        (VoiceExists, code_pb2.ALREADY_EXISTS),
+        (VoiceUnusable, code_pb2.FAILED_PRECONDITION),
+        (EngineUnavailable, code_pb2.UNAVAILABLE),
+        (Unauthenticated, code_pb2.UNAUTHENTICATED),
+        (SynthesisFailed, code_pb2.INTERNAL),
+        (Unimplemented, code_pb2.UNIMPLEMENTED),
+    )
+    for kind, code in simple:
+        if isinstance(exc, kind):
+            return _status(code, str(exc))
     return None
 
 
-def _status(code: int, message: str, detail=None) -> grpc.Status:
+def _status(code: int, message: str, detail=None) -> status_pb2.Status:
     status = status_pb2.Status(code=code, message=message)
     if detail is not None:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
-    return rpc_status.to_status(status)
+    return status
 
 
 async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:

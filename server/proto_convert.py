@@ -46,8 +46,9 @@ def synthesis_params(request: pb.SynthesizeRequest) -> SynthesisParams:
 
 
 def _segment(segment: pb.Segment) -> ContextSegment:
-    audio = None
-    if segment.HasField("audio"):
-        a = segment.audio
-        audio = EncodedAudio(a.data, INPUT_ENCODINGS.get(a.encoding, str(a.encoding)), a.sample_rate)
+    audio = encoded_audio(segment.audio) if segment.HasField("audio") else None
     return ContextSegment(speaker=segment.speaker, text=segment.text, audio=audio)
+
+
+def encoded_audio(audio: pb.AudioInput) -> EncodedAudio:
+    return EncodedAudio(audio.data, INPUT_ENCODINGS.get(audio.encoding, str(audio.encoding)), audio.sample_rate)

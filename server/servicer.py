@@ -2,11 +2,13 @@
 
 Errors are raised as domain exceptions and mapped to statuses by server.errors. A call that
 ends early (client cancelled, deadline passed, server stopping the call) cancels its engine
-request, which frees the slot within one engine step.
+request, which frees the slot within one engine step. A request naming a voice gets the
+voice's stored codes at the start of its context (server/voices/synthesis.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -30,9 +32,12 @@ from server.engine.types import (
     OutputEncoding,
     SynthesisParams,
 )
-from server.errors import SynthesisFailed
+from server.errors import SynthesisFailed, Unimplemented
 from server.metrics import Metrics
 from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
+from server.voices.registry import VoiceRegistry
+from server.voices.synthesis import blame_request_fields, with_voice
+from server.voices.types import Voice, VoiceNotFound
 
 log = logging.getLogger(__name__)
 
@@ -87,9 +92,10 @@ class _Chunker:
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
-    def __init__(self, engine: EngineClient, metrics: Metrics):
+    def __init__(self, engine: EngineClient, metrics: Metrics, voices: VoiceRegistry | None = None):
         self._engine = engine
         self._metrics = metrics
+        self._voices = voices
         self._accepting = True
 
     def stop_accepting(self) -> None:
@@ -115,6 +121,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         if OUTPUT_ENCODINGS.get(request.output.encoding) is OutputEncoding.WAV:
             audio = wav.finalize(audio)
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
+
+    async def Converse(self, request_iterator, context) -> None:
+        raise Unimplemented("csm.v1.Speech/Converse is part of the contract, but this server does not run "
+                            "conversations yet: use Synthesize with a voice")
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
         info, stats = self._engine.info(), self._engine.stats()
@@ -147,6 +157,18 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             output_encodings=sorted(set(OUTPUT_ENCODINGS) - {pb.AUDIO_ENCODING_UNSPECIFIED}),
         )
 
+    async def _submit(self, params: SynthesisParams, voice_name: str) -> tuple[RequestStream, Voice | None]:
+        """engine.submit, with the named voice's segments first in the context."""
+        if not voice_name:
+            return self._engine.submit(params), None
+        if self._voices is None:
+            raise VoiceNotFound(f"there is no voice {voice_name!r}: this server stores no voices")
+        voice = await asyncio.to_thread(self._voices.resolve, voice_name)
+        try:
+            return self._engine.submit(with_voice(params, voice)), voice
+        except InvalidRequest as exc:
+            raise blame_request_fields(exc, voice) from None
+
     async def _synthesize(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext):
         """Yields AudioChunk messages, then one SynthesisResult."""
         arrival = time.monotonic()
@@ -155,7 +177,7 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         params = synthesis_params(request)
         label = params.request_id or uuid.uuid4().hex
         params = replace(params, request_id=label)
-        stream = self._engine.submit(params)  # checks every rule; decoding happens on the engine's prep thread
+        stream, voice = await self._submit(params, request.voice)  # every rule checked; decoding happens on the prep thread
         encoder = make_encoder(OutputEncoding(params.output_encoding), params.output_sample_rate)
         finished: Finished | None = None
 
@@ -192,7 +214,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             cancel_unless_finished()
 
         if finished.reason is FinishReason.INVALID:
-            raise InvalidRequest(finished.violations)
+            invalid = InvalidRequest(finished.violations)
+            raise invalid if voice is None else blame_request_fields(invalid, voice)
         tail = chunker.add(encoder.flush(), 0)
         if tail is not None:
             yield tail

@@ -125,6 +125,7 @@ def test_default_render_has_no_optional_objects(helm, tmp_path):
     ({"grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}, "GRPCRoute"),
     ({"networkPolicy": {"enabled": True}}, "NetworkPolicy"),
     ({"modelCache": {"type": "pvc"}}, "PersistentVolumeClaim"),
+    ({"voices": {"storage": "pvc"}}, "PersistentVolumeClaim"),
 ])
 def test_optional_object_renders_only_when_enabled(helm, tmp_path, values, kind):
     kinds = {d["kind"] for d in render(helm, tmp_path, **values)}
@@ -171,8 +172,42 @@ def test_pod_is_locked_down_with_writable_cache_and_tmp(helm, tmp_path):
     assert hf_home.startswith(next(p for p, n in mounts.items() if n == "model-cache"))
 
 
+def test_voices_live_on_the_model_cache_by_default(helm, tmp_path):
+    docs = render(helm, tmp_path, voices={"maxVoices": 50, "maxBytes": 1048576})
+    container = server_container(docs)
+    cache = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "model-cache")
+    assert flag(container, "voices-dir") == f"{cache}/voices"
+    assert (flag(container, "max-voices"), flag(container, "max-voice-bytes")) == ("50", "1048576")
+
+
+def test_voices_on_a_claim_of_their_own(helm, tmp_path):
+    docs = render(helm, tmp_path, voices={"storage": "pvc", "mountPath": "/data/voices"})
+    claim = one(docs, "PersistentVolumeClaim", "csm-csm-serve-voices")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert flag(container, "voices-dir") == "/data/voices"
+    assert {"name": "voices", "mountPath": "/data/voices"} in container["volumeMounts"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["voices"]["persistentVolumeClaim"]["claimName"] == "csm-csm-serve-voices"
+    docs = render(helm, tmp_path, voices={"storage": "pvc", "pvc": {"existingClaim": "shared-voices"}})
+    assert not [d for d in docs if d["kind"] == "PersistentVolumeClaim"]
+    volumes = {v["name"]: v for v in one(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["voices"]["persistentVolumeClaim"]["claimName"] == "shared-voices"
+
+
+def test_voices_on_a_read_only_cache_are_refused(helm, tmp_path):
+    done = run_template(helm, tmp_path, modelCache={"type": "pvc", "pvc": {"accessModes": ["ReadOnlyMany"]}})
+    assert done.returncode != 0 and "voices.storage=pvc" in done.stderr, done.stderr
+    render(helm, tmp_path, modelCache={"type": "pvc", "pvc": {"accessModes": ["ReadOnlyMany"]}},
+           voices={"storage": "pvc"})
+
+
 @pytest.mark.parametrize("values, needle", [
     ({"server": {"maxSlots": "eight"}}, "maxSlots"),
+    ({"voices": {"storage": "emptyDir"}}, "storage"),
+    ({"voices": {"pvc": {"accessModes": ["ReadOnlyMany"]}}}, "accessModes"),
     ({"server": {"maxSlot": 8}}, "maxSlot"),
     ({"gpu": {"count": -1}}, "count"),
     ({"autoscaling": {"metric": "gpu"}}, "metric"),
@@ -204,22 +239,35 @@ def test_rendered_flags_parse_with_the_server_cli(helm, tmp_path, files):
     assert args.watermark is True
 
 
-@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
-def test_notes_tell_how_to_call_the_service(helm, tmp_path, files):
+def render_notes(helm: Path, tmp_path: Path, *files: Path, **values) -> str:
     # helm template skips NOTES.txt: render its text through a copy of the chart.
     chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
+    shutil.copytree(CHART, chart, dirs_exist_ok=True)
     notes = (chart / "templates" / "NOTES.txt").read_text()
     (chart / "templates" / "notes.yaml").write_text(
         '{{- define "notes" }}' + notes + '{{- end }}\nnotes: |\n{{ include "notes" . | indent 2 }}\n')
     args = [str(helm), "template", "csm", str(chart), "--show-only", "templates/notes.yaml",
             "--kube-version", PINS["KUBE_VERSION"], *[a for f in files for a in ("--values", str(f))]]
+    if values:
+        extra = tmp_path / "notes-values.yaml"
+        extra.write_text(yaml.safe_dump(values))
+        args += ["--values", str(extra)]
     done = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    text = yaml.safe_load(done.stdout)["notes"]
+    return yaml.safe_load(done.stdout)["notes"]
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_notes_tell_how_to_call_the_service(helm, tmp_path, files):
+    text = render_notes(helm, tmp_path, *files)
     assert "grpcurl -plaintext" in text and "csm.v1.Speech/SynthesizeUnary" in text
     assert "csm-say " in text and "port-forward svc/csm-csm-serve 50051:50051" in text
     assert ("$CSM_TOKEN" in text) == bool(files)
+
+
+def test_notes_warn_when_replicas_do_not_share_voices(helm, tmp_path):
+    assert "unknown to the others" in render_notes(helm, tmp_path, replicaCount=2)
+    assert "voices live and die with each pod" not in render_notes(helm, tmp_path, PRODUCTION)
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:

@@ -6,9 +6,14 @@ from pathlib import Path
 
 from google.protobuf import descriptor_pb2
 
+import google.rpc.status_pb2
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ROOT / "protos" / "csm_wire"
 PROTO = "csm/v1/speech.proto"
+PROTOS = (PROTO, "csm/v1/voices.proto")
+GOOGLEAPIS = Path(google.rpc.status_pb2.__file__).parents[2]  # google/rpc/status.proto
 
 
 def test_committed_python_code_matches_the_protos(tmp_path):
@@ -21,10 +26,11 @@ def test_committed_python_code_matches_the_protos(tmp_path):
     assert not stale, f"protos/csm_wire/{stale} differ from the protos: run scripts/gen_protos.sh and commit the result"
 
 
-def test_every_rpc_message_field_and_enum_value_has_a_comment(tmp_path):
-    out = tmp_path / "speech.desc"
-    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", "--include_source_info",
-                    f"--descriptor_set_out={out}", PROTO], check=True)
+@pytest.mark.parametrize("path", PROTOS)
+def test_every_rpc_message_field_and_enum_value_has_a_comment(tmp_path, path):
+    out = tmp_path / "csm.desc"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{ROOT / 'protos'}", f"-I{GOOGLEAPIS}",
+                    "--include_source_info", f"--descriptor_set_out={out}", path], check=True)
     (proto,) = descriptor_pb2.FileDescriptorSet.FromString(out.read_bytes()).file
     comments = {
         tuple(loc.path): (loc.leading_comments + loc.trailing_comments).strip()
@@ -45,7 +51,8 @@ def test_every_rpc_message_field_and_enum_value_has_a_comment(tmp_path):
 
 
 def test_generated_code_serves_the_versioned_package():
-    from csm_wire import speech_pb2
+    from csm_wire import speech_pb2, voices_pb2
 
     assert speech_pb2.DESCRIPTOR.name == PROTO  # what reflection serves
     assert speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name == "csm.v1.Speech"
+    assert voices_pb2.DESCRIPTOR.services_by_name["Voices"].full_name == "csm.v1.Voices"

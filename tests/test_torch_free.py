@@ -3,8 +3,11 @@
 import subprocess
 import sys
 
-MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types", "server.engine.rules", "server.audio_encoding",
-           "server.metrics", "server.auth", "server.errors"]
+MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.csm_voice", "csm_client.conversation",
+           "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types",
+           "server.engine.rules", "server.audio_encoding", "server.metrics", "server.auth", "server.errors",
+           "server.cli", "server.voices.registry", "server.voices.store", "server.voices.servicer",
+           "server.voices.synthesis", "server.voices.wire"]
 
 
 def test_servicer_server_app_and_client_import_without_torch():

@@ -1,4 +1,4 @@
-"""asyncio client of csm.v1.Speech; the same calls as csm_client.speech_client, awaited.
+"""asyncio client of csm.v1.Speech and csm.v1.Voices; the same calls as csm_client.speech_client, awaited.
 
     async with AsyncSpeechClient("localhost:50051") as client:
         stream = client.stream("Hello there.", encoding="opus")
@@ -9,12 +9,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from csm_client.connection import Connection
+from csm_client.conversation import AsyncConversation, conversation_config
+from csm_client.request import ContextTurn, build_request
+from csm_client.voices import create_voice_request
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc
-from csm_client.request import build_request
+from csm_wire import voices_pb2 as vpb
+from csm_wire import voices_pb2_grpc
 
 
 class AsyncSpeechStream:
@@ -44,6 +48,7 @@ class AsyncSpeechClient:
         self.connection = connection
         self._channel = connection.aio_channel()
         self._stub = speech_pb2_grpc.SpeechStub(self._channel)
+        self._voices = voices_pb2_grpc.VoicesStub(self._channel)
 
     def stream(self, text: str, *, timeout: float | None = None, **options) -> AsyncSpeechStream:
         call = self._stub.Synthesize(build_request(text, **options), timeout=timeout,
@@ -58,6 +63,39 @@ class AsyncSpeechClient:
     async def model_info(self, timeout: float | None = None) -> pb.ModelInfo:
         return await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=timeout,
                                              metadata=self.connection.metadata())
+
+    async def converse(self, *, timeout: float | None = None, **config) -> AsyncConversation:
+        """Opens a conversation (csm_client.conversation) and sends its config."""
+        call = self._stub.Converse(timeout=timeout, metadata=self.connection.metadata())
+        await call.write(conversation_config(**config))
+        return AsyncConversation(call)
+
+    async def create_voice(self, name: str, segments: Sequence[ContextTurn], *, description: str = "",
+                           timeout: float | None = None) -> vpb.Voice:
+        return await self._voices.CreateVoice(create_voice_request(name, segments, description), timeout=timeout,
+                                              metadata=self.connection.metadata())
+
+    async def get_voice(self, name: str, *, timeout: float | None = None) -> vpb.Voice:
+        return await self._voices.GetVoice(vpb.GetVoiceRequest(name=name), timeout=timeout,
+                                           metadata=self.connection.metadata())
+
+    async def list_voices_page(self, page_token: str = "", *, page_size: int = 0,
+                               timeout: float | None = None) -> vpb.ListVoicesResponse:
+        return await self._voices.ListVoices(vpb.ListVoicesRequest(page_size=page_size, page_token=page_token),
+                                             timeout=timeout, metadata=self.connection.metadata())
+
+    async def list_voices(self, *, timeout: float | None = None) -> list[vpb.Voice]:
+        voices, token = [], ""
+        while True:
+            page = await self.list_voices_page(token, timeout=timeout)
+            voices.extend(page.voices)
+            if not (token := page.next_page_token):
+                return voices
+
+    async def delete_voice(self, name: str, *, allow_missing: bool = False, timeout: float | None = None) -> bool:
+        response = await self._voices.DeleteVoice(vpb.DeleteVoiceRequest(name=name, allow_missing=allow_missing),
+                                                  timeout=timeout, metadata=self.connection.metadata())
+        return response.deleted
 
     async def close(self) -> None:
         await self._channel.close()

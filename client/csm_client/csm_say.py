@@ -3,6 +3,7 @@
     csm-say "Hello there." -o hello.wav
     csm-say "And you are?" -o reply.opus --speaker 1 \\
         --context hello.wav --context-text "Hello there." --context-speaker 0
+    csm-say "Hello in a stored voice." --voice narrator -o hello.wav      (csm-voice create)
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wav (16-bit), pcm (raw s16le) or opus (Ogg/Opus); default from the -o extension, else wav")
     p.add_argument("--sample-rate", type=int, default=0, help="output rate in Hz (0: the model's 24000)")
     p.add_argument("--speaker", type=int, default=0, help="speaker id of the generated turn")
+    p.add_argument("--voice", default="", metavar="NAME",
+                   help="a voice stored on the server (csm-voice create); its segments come before any --context")
     p.add_argument("--context", action="append", default=[], metavar="FILE",
                    help="audio of an earlier turn (WAV/FLAC/Ogg); repeat for several turns, oldest first")
     p.add_argument("--context-text", action="append", default=[], metavar="TEXT",
@@ -123,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     with SpeechClient(connection=connection) as client, \
             (nullcontext(sys.stdout.buffer) if to_stdout else open(output, "wb")) as out:
         stream = client.stream(
-            text, speaker=args.speaker, context=context, encoding=fmt, sample_rate=args.sample_rate,
-            temperature=args.temperature, top_k=args.top_k, seed=args.seed, max_audio_ms=args.max_audio_ms,
-            timeout=args.timeout)
+            text, speaker=args.speaker, voice=args.voice, context=context, encoding=fmt,
+            sample_rate=args.sample_rate, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
+            max_audio_ms=args.max_audio_ms, timeout=args.timeout)
         first_bytes = b""
         written = 0
         try:

@@ -50,10 +50,23 @@ class ContextTurn:
         return segment
 
 
+def build_sampling(temperature: float | None = None, top_k: int | None = None, seed: int | None = None) -> pb.Sampling:
+    """Only the given values are set; the others take the server's defaults."""
+    sampling = pb.Sampling()
+    if temperature is not None:
+        sampling.temperature = temperature
+    if top_k is not None:
+        sampling.top_k = top_k
+    if seed is not None:
+        sampling.seed = seed
+    return sampling
+
+
 def build_request(
     text: str,
     *,
     speaker: int = 0,
+    voice: str = "",
     context: Sequence[ContextTurn] = (),
     encoding: str = "wav",
     sample_rate: int = 0,
@@ -63,19 +76,14 @@ def build_request(
     max_audio_ms: int = 0,
     request_id: str = "",
 ) -> pb.SynthesizeRequest:
-    """Unset sampling values take the server's defaults; sample_rate 0 is the model's 24 kHz."""
-    sampling = pb.Sampling()
-    if temperature is not None:
-        sampling.temperature = temperature
-    if top_k is not None:
-        sampling.top_k = top_k
-    if seed is not None:
-        sampling.seed = seed
+    """Unset sampling values take the server's defaults; sample_rate 0 is the model's 24 kHz.
+    `voice` names a stored voice (csm-voice create): its segments come before `context`."""
     return pb.SynthesizeRequest(
         text=text,
         speaker=speaker,
+        voice=voice,
         context=[turn.to_proto() for turn in context],
-        sampling=sampling,
+        sampling=build_sampling(temperature, top_k, seed),
         max_audio_ms=max_audio_ms,
         output=pb.OutputFormat(encoding=encoding_of(encoding), sample_rate=sample_rate),
         request_id=request_id,

@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63sm/v1/speech.proto\x12\x06\x63sm.v1\"X\n\nAudioInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\"K\n\x07Segment\x12\x0f\n\x07speaker\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12!\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x12.csm.v1.AudioInput\"n\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x07\n\x05_seed\"L\n\x0cOutputFormat\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\"\xc8\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\r\x12 \n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x0f.csm.v1.Segment\x12\"\n\x08sampling\x18\x04 \x01(\x0b\x32\x10.csm.v1.Sampling\x12\x14\n\x0cmax_audio_ms\x18\x05 \x01(\r\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.csm.v1.OutputFormat\x12\x12\n\nrequest_id\x18\x07 \x01(\t\"~\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0cstart_sample\x18\x03 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x04 \x01(\r\x12\x10\n\x08start_ms\x18\x05 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\"\x90\x02\n\x0fSynthesisResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\x15\n\raudio_samples\x18\x04 \x01(\x04\x12\x10\n\x08\x61udio_ms\x18\x05 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x1e\n\x16time_to_first_audio_ms\x18\x08 \x01(\x01\x12\x10\n\x08total_ms\x18\t \x01(\x01\x12\x13\n\x0bwatermarked\x18\n \x01(\x08\x12\x15\n\rprompt_frames\x18\x0b \x01(\r\"l\n\x12SynthesizeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x12.csm.v1.AudioChunkH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.csm.v1.SynthesisResultH\x00\x42\x06\n\x04kind\"Q\n\x17SynthesizeUnaryResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.csm.v1.SynthesisResult\"\x15\n\x13GetModelInfoRequest\"\xd7\x04\n\tModelInfo\x12\x14\n\x0cmodel_source\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x17\n\x0f\x62\x61\x63kbone_layers\x18\x06 \x01(\r\x12\x14\n\x0c\x62\x61\x63kbone_dim\x18\x07 \x01(\r\x12\x16\n\x0e\x64\x65\x63oder_layers\x18\x08 \x01(\r\x12\x13\n\x0b\x64\x65\x63oder_dim\x18\t \x01(\r\x12\x15\n\rnum_codebooks\x18\n \x01(\r\x12\x13\n\x0bsample_rate\x18\x0b \x01(\r\x12\x15\n\rframe_rate_hz\x18\x0c \x01(\x01\x12\x15\n\rframe_samples\x18\r \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x0e \x01(\r\x12\x11\n\tmax_slots\x18\x0f \x01(\r\x12\x11\n\tmax_queue\x18\x10 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x11 \x01(\r\x12\x1c\n\x14max_context_segments\x18\x12 \x01(\r\x12\x16\n\x0emax_speaker_id\x18\x13 \x01(\r\x12\x14\n\x0cmax_audio_ms\x18\x14 \x01(\r\x12\x1c\n\x14\x64\x65\x66\x61ult_max_audio_ms\x18\x15 \x01(\r\x12\x19\n\x11watermark_enabled\x18\x16 \x01(\x08\x12\x14\n\x0cslots_in_use\x18\x17 \x01(\r\x12\x18\n\x10requests_waiting\x18\x18 \x01(\r\x12/\n\x10output_encodings\x18\x19 \x03(\x0e\x32\x15.csm.v1.AudioEncoding*\xa0\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x03\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x04*\x94\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xde\x01\n\x06Speech\x12\x45\n\nSynthesize\x12\x19.csm.v1.SynthesizeRequest\x1a\x1a.csm.v1.SynthesizeResponse0\x01\x12M\n\x0fSynthesizeUnary\x12\x19.csm.v1.SynthesizeRequest\x1a\x1f.csm.v1.SynthesizeUnaryResponse\x12>\n\x0cGetModelInfo\x12\x1b.csm.v1.GetModelInfoRequest\x1a\x11.csm.v1.ModelInfoB6Z4github.com/csm-serve/csm-serve/client/go/csmv1;csmv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x63sm/v1/speech.proto\x12\x06\x63sm.v1\x1a\x17google/rpc/status.proto\"X\n\nAudioInput\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\'\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x03 \x01(\r\"K\n\x07Segment\x12\x0f\n\x07speaker\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\x12!\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x12.csm.v1.AudioInput\"n\n\x08Sampling\x12\x18\n\x0btemperature\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x02 \x01(\rH\x01\x88\x01\x01\x12\x11\n\x04seed\x18\x03 \x01(\x04H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_kB\x07\n\x05_seed\"L\n\x0cOutputFormat\x12\'\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x15.csm.v1.AudioEncoding\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\"\xd7\x01\n\x11SynthesizeRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\r\x12 \n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x0f.csm.v1.Segment\x12\"\n\x08sampling\x18\x04 \x01(\x0b\x32\x10.csm.v1.Sampling\x12\x14\n\x0cmax_audio_ms\x18\x05 \x01(\r\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.csm.v1.OutputFormat\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\r\n\x05voice\x18\x08 \x01(\t\"~\n\nAudioChunk\x12\x10\n\x08sequence\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x14\n\x0cstart_sample\x18\x03 \x01(\x04\x12\x13\n\x0bnum_samples\x18\x04 \x01(\r\x12\x10\n\x08start_ms\x18\x05 \x01(\x01\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x01\"\x90\x02\n\x0fSynthesisResult\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12+\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x14.csm.v1.FinishReason\x12\x0e\n\x06\x66rames\x18\x03 \x01(\r\x12\x15\n\raudio_samples\x18\x04 \x01(\x04\x12\x10\n\x08\x61udio_ms\x18\x05 \x01(\x01\x12\x13\n\x0bsample_rate\x18\x06 \x01(\r\x12\x10\n\x08queue_ms\x18\x07 \x01(\x01\x12\x1e\n\x16time_to_first_audio_ms\x18\x08 \x01(\x01\x12\x10\n\x08total_ms\x18\t \x01(\x01\x12\x13\n\x0bwatermarked\x18\n \x01(\x08\x12\x15\n\rprompt_frames\x18\x0b \x01(\r\"l\n\x12SynthesizeResponse\x12#\n\x05\x61udio\x18\x01 \x01(\x0b\x32\x12.csm.v1.AudioChunkH\x00\x12)\n\x06result\x18\x02 \x01(\x0b\x32\x17.csm.v1.SynthesisResultH\x00\x42\x06\n\x04kind\"Q\n\x17SynthesizeUnaryResponse\x12\r\n\x05\x61udio\x18\x01 \x01(\x0c\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.csm.v1.SynthesisResult\"\x15\n\x13GetModelInfoRequest\"\xd7\x04\n\tModelInfo\x12\x14\n\x0cmodel_source\x18\x01 \x01(\t\x12\x0e\n\x06preset\x18\x02 \x01(\t\x12\x16\n\x0erandom_weights\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x17\n\x0f\x62\x61\x63kbone_layers\x18\x06 \x01(\r\x12\x14\n\x0c\x62\x61\x63kbone_dim\x18\x07 \x01(\r\x12\x16\n\x0e\x64\x65\x63oder_layers\x18\x08 \x01(\r\x12\x13\n\x0b\x64\x65\x63oder_dim\x18\t \x01(\r\x12\x15\n\rnum_codebooks\x18\n \x01(\r\x12\x13\n\x0bsample_rate\x18\x0b \x01(\r\x12\x15\n\rframe_rate_hz\x18\x0c \x01(\x01\x12\x15\n\rframe_samples\x18\r \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x0e \x01(\r\x12\x11\n\tmax_slots\x18\x0f \x01(\r\x12\x11\n\tmax_queue\x18\x10 \x01(\r\x12\x16\n\x0emax_text_chars\x18\x11 \x01(\r\x12\x1c\n\x14max_context_segments\x18\x12 \x01(\r\x12\x16\n\x0emax_speaker_id\x18\x13 \x01(\r\x12\x14\n\x0cmax_audio_ms\x18\x14 \x01(\r\x12\x1c\n\x14\x64\x65\x66\x61ult_max_audio_ms\x18\x15 \x01(\r\x12\x19\n\x11watermark_enabled\x18\x16 \x01(\x08\x12\x14\n\x0cslots_in_use\x18\x17 \x01(\r\x12\x18\n\x10requests_waiting\x18\x18 \x01(\r\x12/\n\x10output_encodings\x18\x19 \x03(\x0e\x32\x15.csm.v1.AudioEncoding\"\xde\x01\n\x0f\x43onverseRequest\x12,\n\x06\x63onfig\x18\x01 \x01(\x0b\x32\x1a.csm.v1.ConversationConfigH\x00\x12&\n\x07\x63ontext\x18\x02 \x01(\x0b\x32\x13.csm.v1.ContextTurnH\x00\x12\"\n\x05speak\x18\x03 \x01(\x0b\x32\x11.csm.v1.SpeakTurnH\x00\x12!\n\x04text\x18\x04 \x01(\x0b\x32\x11.csm.v1.TextInputH\x00\x12&\n\tinterrupt\x18\x05 \x01(\x0b\x32\x11.csm.v1.InterruptH\x00\x42\x06\n\x04kind\"\xad\x01\n\x12\x43onversationConfig\x12\r\n\x05voice\x18\x01 \x01(\t\x12\x0f\n\x07speaker\x18\x02 \x01(\r\x12\"\n\x08sampling\x18\x03 \x01(\x0b\x32\x10.csm.v1.Sampling\x12$\n\x06output\x18\x04 \x01(\x0b\x32\x14.csm.v1.OutputFormat\x12\x14\n\x0cmax_audio_ms\x18\x05 \x01(\r\x12\x17\n\x0f\x63onversation_id\x18\x06 \x01(\t\"@\n\x0b\x43ontextTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12 \n\x07segment\x18\x02 \x01(\x0b\x32\x0f.csm.v1.Segment\"\xbf\x01\n\tSpeakTurn\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12\x14\n\x07speaker\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x11\n\tmore_text\x18\x04 \x01(\x08\x12\"\n\x08sampling\x18\x05 \x01(\x0b\x32\x10.csm.v1.Sampling\x12$\n\x06output\x18\x06 \x01(\x0b\x32\x14.csm.v1.OutputFormat\x12\x14\n\x0cmax_audio_ms\x18\x07 \x01(\rB\n\n\x08_speaker\"=\n\tTextInput\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05\x66lush\x18\x02 \x01(\x08\x12\x13\n\x0b\x65nd_of_turn\x18\x03 \x01(\x08\"/\n\tInterrupt\x12\x15\n\x08heard_ms\x18\x01 \x01(\rH\x00\x88\x01\x01\x42\x0b\n\t_heard_ms\"\xfa\x01\n\x10\x43onverseResponse\x12\x0f\n\x07turn_id\x18\x01 \x01(\t\x12.\n\x07started\x18\x02 \x01(\x0b\x32\x1b.csm.v1.ConversationStartedH\x00\x12#\n\x05\x61udio\x18\x03 \x01(\x0b\x32\x12.csm.v1.AudioChunkH\x00\x12)\n\x06result\x18\x04 \x01(\x0b\x32\x17.csm.v1.SynthesisResultH\x00\x12(\n\x07\x63ontext\x18\x05 \x01(\x0b\x32\x15.csm.v1.ContextUpdateH\x00\x12#\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x06\n\x04kind\"s\n\x13\x43onversationStarted\x12\x17\n\x0f\x63onversation_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontext_frames\x18\x02 \x01(\r\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\r\x12\x16\n\x0emax_lifetime_s\x18\x04 \x01(\r\"P\n\rContextUpdate\x12\x16\n\x0e\x63ontext_frames\x18\x01 \x01(\r\x12\r\n\x05turns\x18\x02 \x01(\r\x12\x18\n\x10\x64ropped_turn_ids\x18\x03 \x03(\t*\xa0\x01\n\rAudioEncoding\x12\x1e\n\x1a\x41UDIO_ENCODING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_S16LE\x10\x01\x12\x1c\n\x18\x41UDIO_ENCODING_PCM_F32LE\x10\x02\x12\x16\n\x12\x41UDIO_ENCODING_WAV\x10\x03\x12\x1b\n\x17\x41UDIO_ENCODING_OGG_OPUS\x10\x04*\x94\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46INISH_REASON_EOS\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12\x1b\n\x17\x46INISH_REASON_CANCELLED\x10\x03\x12\x17\n\x13\x46INISH_REASON_ERROR\x10\x04\x32\xa1\x02\n\x06Speech\x12\x45\n\nSynthesize\x12\x19.csm.v1.SynthesizeRequest\x1a\x1a.csm.v1.SynthesizeResponse0\x01\x12M\n\x0fSynthesizeUnary\x12\x19.csm.v1.SynthesizeRequest\x1a\x1f.csm.v1.SynthesizeUnaryResponse\x12>\n\x0cGetModelInfo\x12\x1b.csm.v1.GetModelInfoRequest\x1a\x11.csm.v1.ModelInfo\x12\x41\n\x08\x43onverse\x12\x17.csm.v1.ConverseRequest\x1a\x18.csm.v1.ConverseResponse(\x01\x30\x01\x42\x36Z4github.com/csm-serve/csm-serve/client/go/csmv1;csmv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,32 +33,50 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'csm.v1.speech_pb2', _global
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z4github.com/csm-serve/csm-serve/client/go/csmv1;csmv1'
-  _globals['_AUDIOENCODING']._serialized_start=1813
-  _globals['_AUDIOENCODING']._serialized_end=1973
-  _globals['_FINISHREASON']._serialized_start=1976
-  _globals['_FINISHREASON']._serialized_end=2124
-  _globals['_AUDIOINPUT']._serialized_start=31
-  _globals['_AUDIOINPUT']._serialized_end=119
-  _globals['_SEGMENT']._serialized_start=121
-  _globals['_SEGMENT']._serialized_end=196
-  _globals['_SAMPLING']._serialized_start=198
-  _globals['_SAMPLING']._serialized_end=308
-  _globals['_OUTPUTFORMAT']._serialized_start=310
-  _globals['_OUTPUTFORMAT']._serialized_end=386
-  _globals['_SYNTHESIZEREQUEST']._serialized_start=389
-  _globals['_SYNTHESIZEREQUEST']._serialized_end=589
-  _globals['_AUDIOCHUNK']._serialized_start=591
-  _globals['_AUDIOCHUNK']._serialized_end=717
-  _globals['_SYNTHESISRESULT']._serialized_start=720
-  _globals['_SYNTHESISRESULT']._serialized_end=992
-  _globals['_SYNTHESIZERESPONSE']._serialized_start=994
-  _globals['_SYNTHESIZERESPONSE']._serialized_end=1102
-  _globals['_SYNTHESIZEUNARYRESPONSE']._serialized_start=1104
-  _globals['_SYNTHESIZEUNARYRESPONSE']._serialized_end=1185
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1187
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1208
-  _globals['_MODELINFO']._serialized_start=1211
-  _globals['_MODELINFO']._serialized_end=1810
-  _globals['_SPEECH']._serialized_start=2127
-  _globals['_SPEECH']._serialized_end=2349
+  _globals['_AUDIOENCODING']._serialized_start=3078
+  _globals['_AUDIOENCODING']._serialized_end=3238
+  _globals['_FINISHREASON']._serialized_start=3241
+  _globals['_FINISHREASON']._serialized_end=3389
+  _globals['_AUDIOINPUT']._serialized_start=56
+  _globals['_AUDIOINPUT']._serialized_end=144
+  _globals['_SEGMENT']._serialized_start=146
+  _globals['_SEGMENT']._serialized_end=221
+  _globals['_SAMPLING']._serialized_start=223
+  _globals['_SAMPLING']._serialized_end=333
+  _globals['_OUTPUTFORMAT']._serialized_start=335
+  _globals['_OUTPUTFORMAT']._serialized_end=411
+  _globals['_SYNTHESIZEREQUEST']._serialized_start=414
+  _globals['_SYNTHESIZEREQUEST']._serialized_end=629
+  _globals['_AUDIOCHUNK']._serialized_start=631
+  _globals['_AUDIOCHUNK']._serialized_end=757
+  _globals['_SYNTHESISRESULT']._serialized_start=760
+  _globals['_SYNTHESISRESULT']._serialized_end=1032
+  _globals['_SYNTHESIZERESPONSE']._serialized_start=1034
+  _globals['_SYNTHESIZERESPONSE']._serialized_end=1142
+  _globals['_SYNTHESIZEUNARYRESPONSE']._serialized_start=1144
+  _globals['_SYNTHESIZEUNARYRESPONSE']._serialized_end=1225
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1227
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1248
+  _globals['_MODELINFO']._serialized_start=1251
+  _globals['_MODELINFO']._serialized_end=1850
+  _globals['_CONVERSEREQUEST']._serialized_start=1853
+  _globals['_CONVERSEREQUEST']._serialized_end=2075
+  _globals['_CONVERSATIONCONFIG']._serialized_start=2078
+  _globals['_CONVERSATIONCONFIG']._serialized_end=2251
+  _globals['_CONTEXTTURN']._serialized_start=2253
+  _globals['_CONTEXTTURN']._serialized_end=2317
+  _globals['_SPEAKTURN']._serialized_start=2320
+  _globals['_SPEAKTURN']._serialized_end=2511
+  _globals['_TEXTINPUT']._serialized_start=2513
+  _globals['_TEXTINPUT']._serialized_end=2574
+  _globals['_INTERRUPT']._serialized_start=2576
+  _globals['_INTERRUPT']._serialized_end=2623
+  _globals['_CONVERSERESPONSE']._serialized_start=2626
+  _globals['_CONVERSERESPONSE']._serialized_end=2876
+  _globals['_CONVERSATIONSTARTED']._serialized_start=2878
+  _globals['_CONVERSATIONSTARTED']._serialized_end=2993
+  _globals['_CONTEXTUPDATE']._serialized_start=2995
+  _globals['_CONTEXTUPDATE']._serialized_end=3075
+  _globals['_SPEECH']._serialized_start=3392
+  _globals['_SPEECH']._serialized_end=3681
 # @@protoc_insertion_point(module_scope)

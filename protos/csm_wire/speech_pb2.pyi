@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -72,7 +73,7 @@ class OutputFormat(_message.Message):
     def __init__(self, encoding: _Optional[_Union[AudioEncoding, str]] = ..., sample_rate: _Optional[int] = ...) -> None: ...
 
 class SynthesizeRequest(_message.Message):
-    __slots__ = ("text", "speaker", "context", "sampling", "max_audio_ms", "output", "request_id")
+    __slots__ = ("text", "speaker", "context", "sampling", "max_audio_ms", "output", "request_id", "voice")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SPEAKER_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +81,7 @@ class SynthesizeRequest(_message.Message):
     MAX_AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    VOICE_FIELD_NUMBER: _ClassVar[int]
     text: str
     speaker: int
     context: _containers.RepeatedCompositeFieldContainer[Segment]
@@ -87,7 +89,8 @@ class SynthesizeRequest(_message.Message):
     max_audio_ms: int
     output: OutputFormat
     request_id: str
-    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_audio_ms: _Optional[int] = ..., output: _Optional[_Union[OutputFormat, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
+    voice: str
+    def __init__(self, text: _Optional[str] = ..., speaker: _Optional[int] = ..., context: _Optional[_Iterable[_Union[Segment, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., max_audio_ms: _Optional[int] = ..., output: _Optional[_Union[OutputFormat, _Mapping]] = ..., request_id: _Optional[str] = ..., voice: _Optional[str] = ...) -> None: ...
 
 class AudioChunk(_message.Message):
     __slots__ = ("sequence", "data", "start_sample", "num_samples", "start_ms", "duration_ms")
@@ -204,3 +207,113 @@ class ModelInfo(_message.Message):
     requests_waiting: int
     output_encodings: _containers.RepeatedScalarFieldContainer[AudioEncoding]
     def __init__(self, model_source: _Optional[str] = ..., preset: _Optional[str] = ..., random_weights: _Optional[bool] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., backbone_layers: _Optional[int] = ..., backbone_dim: _Optional[int] = ..., decoder_layers: _Optional[int] = ..., decoder_dim: _Optional[int] = ..., num_codebooks: _Optional[int] = ..., sample_rate: _Optional[int] = ..., frame_rate_hz: _Optional[float] = ..., frame_samples: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_slots: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_text_chars: _Optional[int] = ..., max_context_segments: _Optional[int] = ..., max_speaker_id: _Optional[int] = ..., max_audio_ms: _Optional[int] = ..., default_max_audio_ms: _Optional[int] = ..., watermark_enabled: _Optional[bool] = ..., slots_in_use: _Optional[int] = ..., requests_waiting: _Optional[int] = ..., output_encodings: _Optional[_Iterable[_Union[AudioEncoding, str]]] = ...) -> None: ...
+
+class ConverseRequest(_message.Message):
+    __slots__ = ("config", "context", "speak", "text", "interrupt")
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SPEAK_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    INTERRUPT_FIELD_NUMBER: _ClassVar[int]
+    config: ConversationConfig
+    context: ContextTurn
+    speak: SpeakTurn
+    text: TextInput
+    interrupt: Interrupt
+    def __init__(self, config: _Optional[_Union[ConversationConfig, _Mapping]] = ..., context: _Optional[_Union[ContextTurn, _Mapping]] = ..., speak: _Optional[_Union[SpeakTurn, _Mapping]] = ..., text: _Optional[_Union[TextInput, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ...) -> None: ...
+
+class ConversationConfig(_message.Message):
+    __slots__ = ("voice", "speaker", "sampling", "output", "max_audio_ms", "conversation_id")
+    VOICE_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    voice: str
+    speaker: int
+    sampling: Sampling
+    output: OutputFormat
+    max_audio_ms: int
+    conversation_id: str
+    def __init__(self, voice: _Optional[str] = ..., speaker: _Optional[int] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., output: _Optional[_Union[OutputFormat, _Mapping]] = ..., max_audio_ms: _Optional[int] = ..., conversation_id: _Optional[str] = ...) -> None: ...
+
+class ContextTurn(_message.Message):
+    __slots__ = ("turn_id", "segment")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    SEGMENT_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    segment: Segment
+    def __init__(self, turn_id: _Optional[str] = ..., segment: _Optional[_Union[Segment, _Mapping]] = ...) -> None: ...
+
+class SpeakTurn(_message.Message):
+    __slots__ = ("turn_id", "speaker", "text", "more_text", "sampling", "output", "max_audio_ms")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEAKER_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    MORE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_AUDIO_MS_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    speaker: int
+    text: str
+    more_text: bool
+    sampling: Sampling
+    output: OutputFormat
+    max_audio_ms: int
+    def __init__(self, turn_id: _Optional[str] = ..., speaker: _Optional[int] = ..., text: _Optional[str] = ..., more_text: _Optional[bool] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., output: _Optional[_Union[OutputFormat, _Mapping]] = ..., max_audio_ms: _Optional[int] = ...) -> None: ...
+
+class TextInput(_message.Message):
+    __slots__ = ("text", "flush", "end_of_turn")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    FLUSH_FIELD_NUMBER: _ClassVar[int]
+    END_OF_TURN_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    flush: bool
+    end_of_turn: bool
+    def __init__(self, text: _Optional[str] = ..., flush: _Optional[bool] = ..., end_of_turn: _Optional[bool] = ...) -> None: ...
+
+class Interrupt(_message.Message):
+    __slots__ = ("heard_ms",)
+    HEARD_MS_FIELD_NUMBER: _ClassVar[int]
+    heard_ms: int
+    def __init__(self, heard_ms: _Optional[int] = ...) -> None: ...
+
+class ConverseResponse(_message.Message):
+    __slots__ = ("turn_id", "started", "audio", "result", "context", "error")
+    TURN_ID_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    turn_id: str
+    started: ConversationStarted
+    audio: AudioChunk
+    result: SynthesisResult
+    context: ContextUpdate
+    error: _status_pb2.Status
+    def __init__(self, turn_id: _Optional[str] = ..., started: _Optional[_Union[ConversationStarted, _Mapping]] = ..., audio: _Optional[_Union[AudioChunk, _Mapping]] = ..., result: _Optional[_Union[SynthesisResult, _Mapping]] = ..., context: _Optional[_Union[ContextUpdate, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class ConversationStarted(_message.Message):
+    __slots__ = ("conversation_id", "context_frames", "max_seq_len", "max_lifetime_s")
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SEQ_LEN_FIELD_NUMBER: _ClassVar[int]
+    MAX_LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
+    conversation_id: str
+    context_frames: int
+    max_seq_len: int
+    max_lifetime_s: int
+    def __init__(self, conversation_id: _Optional[str] = ..., context_frames: _Optional[int] = ..., max_seq_len: _Optional[int] = ..., max_lifetime_s: _Optional[int] = ...) -> None: ...
+
+class ContextUpdate(_message.Message):
+    __slots__ = ("context_frames", "turns", "dropped_turn_ids")
+    CONTEXT_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_TURN_IDS_FIELD_NUMBER: _ClassVar[int]
+    context_frames: int
+    turns: int
+    dropped_turn_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, context_frames: _Optional[int] = ..., turns: _Optional[int] = ..., dropped_turn_ids: _Optional[_Iterable[str]] = ...) -> None: ...

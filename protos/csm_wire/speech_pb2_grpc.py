@@ -49,6 +49,11 @@ class SpeechStub:
                 request_serializer=csm_dot_v1_dot_speech__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=csm_dot_v1_dot_speech__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.Converse = channel.stream_stream(
+                '/csm.v1.Speech/Converse',
+                request_serializer=csm_dot_v1_dot_speech__pb2.ConverseRequest.SerializeToString,
+                response_deserializer=csm_dot_v1_dot_speech__pb2.ConverseResponse.FromString,
+                _registered_method=True)
 
 
 class SpeechServicer:
@@ -81,6 +86,27 @@ class SpeechServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Converse(self, request_iterator, context):
+        """A conversation whose context stays on the server between turns (for voice agents). The
+        first client message is `config`; then, in any order, `context` turns (what was said,
+        appended to the context without generating audio), `speak` turns (generate audio, stream
+        it back, keep it in the context) and `text` pieces that complete a speak turn whose text
+        is still arriving. Turns are applied in the order they are sent; an `interrupt` acts as
+        soon as it arrives. The server answers `started`, then per turn: `audio` chunks and one
+        `result` (speak turns), one `context` update once the turn is in the context, or one
+        `error` (the turn is dropped, the conversation goes on). Closing the sending side ends the
+        conversation once every turn sent has finished; cancelling the call ends it at once and
+        frees its slot within one engine step. The call itself ends with a non-OK status only for
+        what ends the whole conversation: a first message that is not `config`, a second
+        `config`, a `text` piece with no open speak turn (INVALID_ARGUMENT); an unknown voice
+        (NOT_FOUND); too many conversations (RESOURCE_EXHAUSTED with google.rpc.RetryInfo); the
+        conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE).
+        A server that does not run conversations yet answers UNIMPLEMENTED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SpeechServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +124,11 @@ def add_SpeechServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=csm_dot_v1_dot_speech__pb2.GetModelInfoRequest.FromString,
                     response_serializer=csm_dot_v1_dot_speech__pb2.ModelInfo.SerializeToString,
+            ),
+            'Converse': grpc.stream_stream_rpc_method_handler(
+                    servicer.Converse,
+                    request_deserializer=csm_dot_v1_dot_speech__pb2.ConverseRequest.FromString,
+                    response_serializer=csm_dot_v1_dot_speech__pb2.ConverseResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +212,33 @@ class Speech:
             '/csm.v1.Speech/GetModelInfo',
             csm_dot_v1_dot_speech__pb2.GetModelInfoRequest.SerializeToString,
             csm_dot_v1_dot_speech__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Converse(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/csm.v1.Speech/Converse',
+            csm_dot_v1_dot_speech__pb2.ConverseRequest.SerializeToString,
+            csm_dot_v1_dot_speech__pb2.ConverseResponse.FromString,
             options,
             channel_credentials,
             insecure,

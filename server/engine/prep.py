@@ -146,7 +146,8 @@ class PrepWorker:
     def _build(self, w: _Work) -> None:
         p = w.job.params
         try:
-            segments = [Segment(seg.speaker, seg.text, w.codes.get(i)) for i, seg in enumerate(p.context)]
+            segments = [Segment(seg.speaker, seg.text, _stored(seg.codes) if seg.codes is not None else w.codes.get(i))
+                        for i, seg in enumerate(p.context)]
             prompt = build_prompt(self._tokenizer, segments, p.speaker, p.text)
         except Exception as e:
             w.error = f"the prompt could not be built: {e}"
@@ -156,3 +157,8 @@ class PrepWorker:
             w.violations.append(violation)
             return
         self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k)))
+
+
+def _stored(codes: np.ndarray) -> torch.Tensor:
+    """A stored voice's codes (int16 [32, frames], read-only) as the prompt takes them."""
+    return torch.from_numpy(codes.astype(np.int64))

@@ -178,6 +178,13 @@ def max_frames(params: SynthesisParams, limits: EngineLimits) -> int:
     return ms // FRAME_MS
 
 
+def encoded_audio_violations(field: str, audio: EncodedAudio) -> list[Violation]:
+    """The rules of encoded audio that need no limits (its encoding, a raw rate), for audio a
+    request carries outside the context (a voice's segments)."""
+    problems = [(f"{field}.encoding", _audio_encoding(audio, None)), (f"{field}.sample_rate", _raw_audio_rate(audio, None))]
+    return [Violation(f, p) for f, p in problems if p is not None]
+
+
 def check_decoded_audio(index: int, seconds: float, limits: EngineLimits) -> Violation | None:
     problem = _audio_seconds_rule(seconds, limits)
     return None if problem is None else Violation(f"context[{index}].audio", problem)

@@ -41,12 +41,15 @@ class EncodedAudio:
 @dataclass(slots=True, frozen=True)
 class ContextSegment:
     """An earlier turn. `audio` is mono float32 at `sample_rate` (any rate; the engine resamples)
-    or `EncodedAudio` (decoded by the engine, off the caller's thread)."""
+    or `EncodedAudio` (decoded by the engine, off the caller's thread). `codes` is the turn's
+    audio already Mimi-encoded (a stored voice): used as it is, never encoded again; a segment
+    carries audio or codes, not both."""
 
     speaker: int
     text: str
     audio: np.ndarray | EncodedAudio | None = None
     sample_rate: int = 24_000  # of an ndarray `audio`
+    codes: np.ndarray | None = None  # int16 [32, frames], read-only (shared with the voice registry)
 
 
 @dataclass(slots=True, frozen=True)

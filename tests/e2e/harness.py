@@ -14,8 +14,10 @@ from server.app import ServerConfig, SpeechServer
 
 
 class LoopbackServer:
-    def __init__(self, engine, **config):
+    def __init__(self, engine, voices=None, **config):
+        """`voices`: a VoiceRegistry to serve csm.v1.Voices with (None: no voices)."""
         self._engine = engine
+        self._voices = voices
         self._config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **config})
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-grpc", daemon=True)
@@ -27,7 +29,7 @@ class LoopbackServer:
         return self
 
     async def _start(self) -> SpeechServer:
-        server = SpeechServer(self._engine, self._config)
+        server = SpeechServer(self._engine, self._config, self._voices)
         await server.start()
         return server
 

@@ -41,6 +41,7 @@ type Options struct {
 type Client struct {
 	conn   *grpc.ClientConn
 	speech csmv1.SpeechClient
+	voices csmv1.VoicesClient
 }
 
 // Dial creates a client for target ("host:port" or any gRPC target). It does not wait for
@@ -62,7 +63,7 @@ func Dial(target string, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("csm: dial %s: %w", target, err)
 	}
-	return &Client{conn: conn, speech: csmv1.NewSpeechClient(conn)}, nil
+	return &Client{conn: conn, speech: csmv1.NewSpeechClient(conn), voices: csmv1.NewVoicesClient(conn)}, nil
 }
 
 // Speech returns the generated stub, for calls this package does not wrap.

@@ -9,6 +9,9 @@ type Request struct {
 	Text string
 	// Speaker id of the generated turn.
 	Speaker uint32
+	// Voice names a voice stored on the server (Client.CreateVoice); its segments come
+	// before Context. Empty: no voice.
+	Voice string
 	// Earlier turns, oldest first (see SegmentFromWAV).
 	Context []*csmv1.Segment
 	// Sampling: temperature in [0, 5] (0 is greedy), top-k in [1, 2051], and the seed of
@@ -31,6 +34,7 @@ func (r Request) Proto() *csmv1.SynthesizeRequest {
 	req := &csmv1.SynthesizeRequest{
 		Text:       r.Text,
 		Speaker:    r.Speaker,
+		Voice:      r.Voice,
 		Context:    r.Context,
 		MaxAudioMs: r.MaxAudioMs,
 		RequestId:  r.RequestID,

@@ -54,6 +54,19 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default (printf "%s-model-cache" (include "csm-serve.fullname" .)) .Values.modelCache.pvc.existingClaim }}
 {{- end }}
 
+{{- define "csm-serve.voicesClaimName" -}}
+{{- default (printf "%s-voices" (include "csm-serve.fullname" .)) .Values.voices.pvc.existingClaim }}
+{{- end }}
+
+{{/* The voices directory inside the container: on the model cache, or on its own claim. */}}
+{{- define "csm-serve.voicesDir" -}}
+{{- if eq .Values.voices.storage "pvc" }}
+{{- .Values.voices.mountPath }}
+{{- else }}
+{{- printf "%s/voices" .Values.modelCache.mountPath }}
+{{- end }}
+{{- end }}
+
 {{/*
 The pod's whole shutdown budget: the preStop sleep (load balancers stop sending), then
 SIGTERM and the server's drain, then slack for the process to exit.
@@ -98,6 +111,9 @@ SIGTERM and the server's drain, then slack for the process to exit.
 {{- if .Values.auth.existingSecret }}
 - {{ printf "--auth-tokens-file=/etc/csm-serve/auth/%s" .Values.auth.secretKey | quote }}
 {{- end }}
+- {{ printf "--voices-dir=%s" (include "csm-serve.voicesDir" .) | quote }}
+- {{ printf "--max-voices=%d" (int64 .Values.voices.maxVoices) | quote }}
+- {{ printf "--max-voice-bytes=%d" (int64 .Values.voices.maxBytes) | quote }}
 {{- range $s.extraArgs }}
 - {{ . | quote }}
 {{- end }}
@@ -111,6 +127,10 @@ SIGTERM and the server's drain, then slack for the process to exit.
 {{- end }}
 {{- if and .Values.huggingface.offline (eq .Values.modelCache.type "emptyDir") }}
 {{- fail "huggingface.offline=true needs weights already in the cache: use modelCache.type=pvc with a pre-filled claim" }}
+{{- end }}
+{{- $cache := .Values.modelCache }}
+{{- if and (eq .Values.voices.storage "modelCache") (eq $cache.type "pvc") (eq (without $cache.pvc.accessModes "ReadOnlyMany" | len) 0) }}
+{{- fail "voices.storage=modelCache needs a writable model cache, and this claim is ReadOnlyMany: set voices.storage=pvc" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}

@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) 
 	server := fs.String("server", envOr("CSM_SERVER", "localhost:50051"), "server address host:port (env CSM_SERVER)")
 	out := fs.String("o", "out.wav", "WAV file to write")
 	speaker := fs.Uint("speaker", 0, "speaker id of the generated turn")
+	voice := fs.String("voice", "", "name of a voice stored on the server; its segments come before -context")
 	var contexts contextFlag
 	fs.Var(&contexts, "context", "earlier turn SPEAKER:WAV:TEXT, oldest first, repeatable (WAV: mono file, or empty for text only)")
 	temperature := fs.Float64("temperature", 0, "sampling temperature in [0, 5], 0 is greedy (unset: server default)")
@@ -85,6 +86,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) 
 	req := csm.Request{
 		Text:       text,
 		Speaker:    uint32(*speaker),
+		Voice:      *voice,
 		Context:    contexts.segments,
 		MaxAudioMs: uint32(*maxAudioMs),
 		SampleRate: uint32(*sampleRate),

@@ -1,0 +1,1 @@
+"""Named voices: context segments Mimi-encoded once, stored in a directory, used by name."""

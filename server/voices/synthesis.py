@@ -1,0 +1,41 @@
+"""A request that names a voice: the voice's segments, as pre-encoded codes, open its context.
+
+The engine receives them as ContextSegment(codes=...), holding the voice's own read-only
+arrays: deleting the voice later does not touch a request that has them. Torch-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from server.engine.types import ContextSegment, InvalidRequest, SynthesisParams, Violation
+from server.voices.types import Voice
+
+_CONTEXT_FIELD = re.compile(r"context\[(\d+)\](.*)")
+
+
+def voice_context(voice: Voice) -> tuple[ContextSegment, ...]:
+    return tuple(ContextSegment(speaker=s.speaker, text=s.text, codes=s.codes) for s in voice.segments)
+
+
+def with_voice(params: SynthesisParams, voice: Voice) -> SynthesisParams:
+    """The voice's segments first, then the request's own context."""
+    return dataclasses.replace(params, context=voice_context(voice) + params.context)
+
+
+def blame_request_fields(error: InvalidRequest, voice: Voice) -> InvalidRequest:
+    """The engine names fields of the combined context (voice segments first); name the
+    request's own fields instead: `voice` for the voice's segments, `context[i]` for its own."""
+    n = len(voice.segments)
+
+    def blamed(v: Violation) -> Violation:
+        if v.field == "context":
+            return Violation("context", f"{v.description} (the {n} segments of voice {voice.name!r} included)")
+        match = _CONTEXT_FIELD.fullmatch(v.field)
+        if match is None:
+            return v
+        i = int(match.group(1))
+        return Violation("voice" if i < n else f"context[{i - n}]{match.group(2)}", v.description)
+
+    return InvalidRequest([blamed(v) for v in error.violations])
