@@ -43,6 +43,7 @@ class ServedEngine(EngineClient, Protocol):
     """What the server (and csm-serve) need from server.engine.engine.Engine beyond the servicer's part."""
 
     def add_step_observer(self, fn: Callable[[StepStats], None]) -> None: ...
+    def add_fatal_observer(self, fn: Callable[[BaseException], None]) -> None: ...
     def drain(self, grace_s: float) -> bool: ...
     def shutdown(self) -> None: ...
 
@@ -57,6 +58,7 @@ class ServerConfig:
     tls_client_ca: str | None = None  # PEM; set: clients must present a certificate it signed (mTLS)
     auth_tokens: tuple[str, ...] = ()  # empty: no authentication
     max_message_bytes: int = 64 * 1024 * 1024
+    max_concurrent_rpcs: int = 256  # calls at once, health checks included; more get RESOURCE_EXHAUSTED
     drain_grace_s: float = 30.0
 
     def __post_init__(self) -> None:
@@ -74,6 +76,8 @@ class ServerConfig:
             raise ValueError(f"metrics port {self.metrics_port} is outside 0..65535")
         if self.max_message_bytes < 1024 * 1024:
             raise ValueError("--max-message-bytes below 1 MiB would reject ordinary requests")
+        if self.max_concurrent_rpcs < 1:
+            raise ValueError("--max-concurrent-rpcs must be >= 1")
         if self.drain_grace_s < 0:
             raise ValueError("--drain-grace-s must be >= 0")
 
@@ -102,6 +106,7 @@ class SpeechServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http = None
         self._ready_task: asyncio.Task | None = None
+        self.engine_failed = asyncio.Event()  # set when the engine thread stopped on an error
         self.port: int | None = None
         self.metrics_port: int | None = None
 
@@ -112,6 +117,7 @@ class SpeechServer:
             interceptors.append(BearerTokenInterceptor(cfg.auth_tokens))
         self._server = grpc.aio.server(
             interceptors=interceptors,
+            maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
@@ -142,6 +148,16 @@ class SpeechServer:
             ", client certificates required" if cfg.tls_client_ca else "",
             f"; metrics on http://{cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "")
         self._ready_task = asyncio.create_task(self._serve_when_ready())
+        loop = asyncio.get_running_loop()
+        self._engine.add_fatal_observer(lambda exc: loop.call_soon_threadsafe(self._engine_stopped))
+
+    def _engine_stopped(self) -> None:
+        """The engine thread died: health NOT_SERVING at once (the caller then exits)."""
+        if self._ready_task is not None:
+            self._ready_task.cancel()
+        for service in HEALTH_SERVICES:
+            asyncio.ensure_future(self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING))
+        self.engine_failed.set()
 
     async def _serve_when_ready(self) -> None:
         while not self._engine.ready:

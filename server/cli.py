@@ -83,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--tls-client-ca", "CSM_TLS_CLIENT_CA", None, "CA bundle (PEM) that client certificates must chain to (mTLS)")
     flag("--auth-tokens-file", "CSM_AUTH_TOKENS_FILE", None,
          "file of accepted bearer tokens, one per line (env CSM_AUTH_TOKENS adds comma-separated ones)")
+    flag("--stream-buffer-s", "CSM_STREAM_BUFFER_S", "10",
+         "seconds of audio a stream may have unread by its client before its generation pauses (0: never)",
+         type=float)
+    flag("--reader-stall-s", "CSM_READER_STALL_S", "30",
+         "a stream paused for its client this long ends with RESOURCE_EXHAUSTED (0: never)", type=float)
+    flag("--max-concurrent-rpcs", "CSM_MAX_CONCURRENT_RPCS", "256",
+         "calls the server handles at once (health checks included); more get RESOURCE_EXHAUSTED", type=int)
     flag("--max-message-bytes", "CSM_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024),
          "largest gRPC message received or sent", type=int)
     flag("--drain-grace-s", "CSM_DRAIN_GRACE_S", "30", "on SIGTERM, seconds in-flight streams get to finish",
@@ -119,8 +126,9 @@ def configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None) -> None:
-    """Serves until SIGTERM or SIGINT, then drains; a second signal stops at once."""
+async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None) -> int:
+    """Serves until SIGTERM or SIGINT, then drains (a second signal stops at once): exit code 0.
+    If the engine thread stops on an error, health turns NOT_SERVING and this returns 1."""
     server = SpeechServer(engine, config, voices)
     try:
         await server.start()
@@ -128,7 +136,12 @@ async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistr
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        signalled, failed = asyncio.create_task(stop.wait()), asyncio.create_task(server.engine_failed.wait())
+        await asyncio.wait((signalled, failed), return_when=asyncio.FIRST_COMPLETED)
+        if server.engine_failed.is_set():
+            log.critical("the engine stopped on an error: exiting so that the process is restarted")
+            await server.stop(0)
+            return 1
         drain = asyncio.create_task(server.drain())
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, drain.cancel)
@@ -137,6 +150,7 @@ async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistr
         except asyncio.CancelledError:
             log.warning("second signal during drain: stopping now")
             await server.stop(0)
+        return 0
     finally:
         engine.shutdown()
 
@@ -155,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             tls_client_ca=args.tls_client_ca,
             auth_tokens=load_tokens(args.auth_tokens_file, os.environ.get("CSM_AUTH_TOKENS")),
             max_message_bytes=args.max_message_bytes,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
             drain_grace_s=args.drain_grace_s,
         )
         engine_config = EngineConfig(
@@ -165,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
             max_queue=args.max_queue,
             prefill_budget=args.prefill_budget,
             idle_prefill_budget=args.idle_prefill_budget,
+            stream_buffer_s=args.stream_buffer_s,
+            reader_stall_s=args.reader_stall_s,
             torch_threads=args.torch_threads,
             output_workers=args.output_workers,
             watermark=args.watermark,
@@ -200,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     log.info("voices in %s (%d stored)", voices_config.directory, voices.usage().voices)
     engine.start()
-    asyncio.run(serve(engine, server_config, voices))
-    return 0
+    return asyncio.run(serve(engine, server_config, voices))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,17 @@ import asyncio
 import inspect
 import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull
+from server.malformed import Malformed, explain
 from server.voices.types import VoiceExists, VoiceNotFound, VoiceQuotaExceeded, VoiceUnusable
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,10 @@ class Unauthenticated(Exception):
 
 class SynthesisFailed(Exception):
     """The engine ended this request with an error (INTERNAL); other requests are unaffected."""
+
+
+class ReaderTooSlow(Exception):
+    """The caller read its stream too slowly for too long (RESOURCE_EXHAUSTED: the server's buffer)."""
 
 
 class Unimplemented(Exception):
@@ -69,6 +76,7 @@ def status_proto(exc: BaseException) -> status_pb2.Status | None:
         (EngineUnavailable, code_pb2.UNAVAILABLE),
         (Unauthenticated, code_pb2.UNAUTHENTICATED),
         (SynthesisFailed, code_pb2.INTERNAL),
+        (ReaderTooSlow, code_pb2.RESOURCE_EXHAUSTED),
         (Unimplemented, code_pb2.UNIMPLEMENTED),
     )
     for kind, code in simple:
@@ -94,29 +102,56 @@ async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str)
     await context.abort_with_status(status)
 
 
-def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
-    if isinstance(error, asyncio.CancelledError) or context.cancelled():
-        remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+# A call that ends this close to its deadline, or after it, ended because of it (the deadline
+# cancels the call a moment before the handler notices).
+DEADLINE_SLACK_S = 0.05
+
+
+def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None,
+                deadline: float | None) -> grpc.StatusCode:
+    """The status the caller saw: a code the handler set (abort), else the deadline, a
+    cancellation, OK, or INTERNAL for an unexpected error (what _abort sends)."""
     code = context.code()
-    if isinstance(code, grpc.StatusCode):
+    if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code
-    return grpc.StatusCode.OK if error is None else grpc.StatusCode.UNKNOWN
+    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S and (error or context.cancelled()):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(error, asyncio.CancelledError) or context.cancelled():
+        return grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.OK if error is None else grpc.StatusCode.INTERNAL
 
 
 OnDone = Callable[[str, grpc.StatusCode], None]
 
 
-def _wrap(behavior, method: str, on_done: OnDone):
-    """The same behavior, with domain exceptions mapped and the final code reported."""
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+async def _parsed(requests: AsyncIterator) -> AsyncIterator:
+    """A request stream whose malformed messages raise InvalidRequest."""
+    async for request in requests:
+        yield _checked(request)
+
+
+def _checked(request):
+    if isinstance(request, Malformed):
+        raise InvalidRequest(request.violations)
+    return request
+
+
+def _wrap(behavior, method: str, on_done: OnDone, streamed_requests: bool):
+    """The same behavior, with malformed requests and domain exceptions mapped to statuses and
+    the final code reported."""
+    prepare = _parsed if streamed_requests else _checked
     if inspect.isasyncgenfunction(behavior):
 
         async def streaming(request, context):
             error: BaseException | None = None
+            deadline = _deadline(context)
             try:
-                async for response in behavior(request, context):
+                async for response in behavior(prepare(request), context):
                     yield response
             except Exception as exc:
                 error = exc
@@ -127,14 +162,15 @@ def _wrap(behavior, method: str, on_done: OnDone):
                 error = exc
                 raise
             finally:
-                on_done(method, _final_code(context, error))
+                on_done(method, _final_code(context, error, deadline))
 
         return streaming
 
     async def unary(request, context):
         error: BaseException | None = None
+        deadline = _deadline(context)
         try:
-            return await behavior(request, context)
+            return await behavior(prepare(request), context)
         except Exception as exc:
             error = exc
             if not isinstance(exc, grpc.aio.AbortError):
@@ -144,9 +180,26 @@ def _wrap(behavior, method: str, on_done: OnDone):
             error = exc
             raise
         finally:
-            on_done(method, _final_code(context, error))
+            on_done(method, _final_code(context, error, deadline))
 
     return unary
+
+
+def tolerant(deserializer: Callable[[bytes], object] | None) -> Callable[[bytes], object] | None:
+    """A request deserializer that never raises: bytes that do not parse become Malformed
+    (grpc would answer UNKNOWN with the exception's class)."""
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+
+    def parse(data: bytes) -> object:
+        try:
+            return deserializer(data)
+        except DecodeError:
+            return explain(descriptor, data)
+
+    return parse
 
 
 class StatusInterceptor(grpc.aio.ServerInterceptor):
@@ -158,13 +211,17 @@ class StatusInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method.lstrip("/")
-        return rewrap(handler, lambda behavior: _wrap(behavior, method, self._on_done))
+        streamed = bool(handler.stream_unary or handler.stream_stream)
+        return rewrap(handler, lambda behavior: _wrap(behavior, method, self._on_done, streamed),
+                      request_deserializer=tolerant(handler.request_deserializer))
 
 
-def rewrap(handler: grpc.RpcMethodHandler, change: Callable) -> grpc.RpcMethodHandler:
-    """A handler of the same kind and serializers whose behavior is `change(old_behavior)`."""
+def rewrap(handler: grpc.RpcMethodHandler, change: Callable,
+           request_deserializer: Callable | None = None) -> grpc.RpcMethodHandler:
+    """A handler of the same kind and serializers (or this request deserializer) whose behavior
+    is `change(old_behavior)`."""
     common = dict(
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=request_deserializer or handler.request_deserializer,
         response_serializer=handler.response_serializer,
     )
     if handler.unary_unary:

@@ -29,6 +29,8 @@ class Metrics:
               registry=r).set_function(lambda: stats().slots_in_use)
         Gauge("csm:num_requests_waiting", "Requests waiting for a slot.",
               registry=r).set_function(lambda: stats().requests_waiting)
+        Gauge("csm:num_requests_paused", "Requests paused because their client has too much audio unread.",
+              registry=r).set_function(lambda: stats().requests_paused)
         Gauge("csm:slot_usage_perc", "Fraction of slots in use, 0 to 1 (like vllm:kv_cache_usage_perc).",
               registry=r).set_function(lambda: _usage(stats()))
         self.time_to_first_audio = Histogram(

@@ -32,7 +32,7 @@ from server.engine.types import (
     OutputEncoding,
     SynthesisParams,
 )
-from server.errors import SynthesisFailed, Unimplemented
+from server.errors import ReaderTooSlow, SynthesisFailed, Unimplemented
 from server.metrics import Metrics
 from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
 from server.voices.registry import VoiceRegistry
@@ -226,6 +226,8 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             f"{first_audio_s * 1000:.0f} ms" if first_audio_s is not None else "none", total_s * 1000)
         if finished.reason is FinishReason.ERROR:
             raise SynthesisFailed(f"synthesis failed inside the server: {finished.error} (request_id {label!r})")
+        if finished.reason is FinishReason.STALLED:
+            raise ReaderTooSlow(f"request {label!r} was stopped: {finished.error}; read the stream as it arrives")
         if finished.reason is FinishReason.CANCELLED:  # only the server cancels a call still listening
             raise EngineUnavailable(f"request {label!r} was stopped before it finished: {finished.error}; retry it")
         yield pb.SynthesisResult(

@@ -39,6 +39,11 @@ class EngineConfig:
     # Output threads (watermark, resampling); streams are spread over them by slot. None: on CPU
     # with the watermark on, one per torch_threads share of the cores; otherwise 1.
     output_workers: int | None = None
+    # Flow control: a request whose reader has more than stream_buffer_s of audio unread makes no
+    # frames until it has caught up to half of that (0: never pause); one paused for more than
+    # reader_stall_s ends as STALLED (0: never), so a stalled reader cannot hold a slot forever.
+    stream_buffer_s: float = 10.0
+    reader_stall_s: float = 30.0
     # Output
     watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
     watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)
@@ -65,6 +70,8 @@ class EngineConfig:
             raise ValueError("output_workers must be >= 1")
         if self.mimi_frames_per_call < 1:
             raise ValueError("mimi_frames_per_call must be >= 1")
+        if self.stream_buffer_s < 0 or self.reader_stall_s < 0:
+            raise ValueError("stream_buffer_s and reader_stall_s must be >= 0")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
         if self.prefill_budget < self.prefill_chunk:

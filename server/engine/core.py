@@ -21,7 +21,8 @@ import torch
 
 from server.engine.admission import Admission
 from server.engine.messages import (
-    Cancel, Control, MimiRow, MimiStep, Prepared, PrepFailed, PrepJob, StreamEnd, StreamFailed, StreamRef, Submitted,
+    Cancel, Control, MimiRow, MimiStep, Pause, Prepared, PrepFailed, PrepJob, Resume, StreamEnd, StreamFailed,
+    StreamRef, Submitted,
 )
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.prep import PrepWorker
@@ -37,8 +38,9 @@ IDLE_WAIT_S = 0.1  # how long an idle engine waits for a message before looking 
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, admission: Admission, watermarked: bool,
-                 torch_threads: int | None):
+                 torch_threads: int | None, reader_stall_s: float = 0.0):
         self.runner = runner
+        self.reader_stall_s = reader_stall_s  # a request paused this long for its reader ends (0: never)
         self.scheduler = scheduler
         self.admission = admission
         self.watermarked = watermarked
@@ -47,6 +49,8 @@ class EngineCore:
         self.mimi: MimiDecoder | None = None
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.frame_observers: list[Callable[[str, torch.Tensor], None]] = []
+        self.fatal_observers: list[Callable[[BaseException], None]] = []
+        self.failure: BaseException | None = None  # what stopped the engine thread, if anything did
         self.stats = EngineStats(0, scheduler.slots.num_slots, 0, 0, 0)  # published after every loop
         self._control: queue.SimpleQueue[Control] = queue.SimpleQueue()
         self._wakeup = threading.Event()
@@ -70,12 +74,30 @@ class EngineCore:
 
     # -- engine thread -----------------------------------------------------------------
     def _loop(self) -> None:
+        """Runs until stopped. An error escaping a step's own handling means the engine's state
+        cannot be trusted: every request ends with an error and the fatal observers are told
+        (the server turns NOT_SERVING and exits, so Kubernetes restarts it), never a silent hang."""
+        try:
+            self._run()
+        except BaseException as exc:
+            self.failure = exc
+            log.critical("the engine thread stopped", exc_info=exc)
+            try:
+                for req in list(self._requests.values()):
+                    self._finish(req, FinishReason.ERROR, "the engine stopped; the server is restarting")
+            except BaseException:
+                log.exception("could not end the requests of the stopped engine")
+            for fn in self.fatal_observers:
+                fn(exc)
+
+    def _run(self) -> None:
         torch.set_grad_enabled(False)
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         while not self._stop:
             self._drain_control()
-            if not self.scheduler.running and not self.scheduler.waiting:
+            self._end_stalled()
+            if not self.scheduler.has_work():
                 self._publish()
                 self._wakeup.wait(IDLE_WAIT_S)
                 self._wakeup.clear()
@@ -110,11 +132,25 @@ class EngineCore:
                     self.scheduler.add(req)
                 elif isinstance(msg, Cancel):
                     self._finish(req, FinishReason.CANCELLED)
+                elif isinstance(msg, Pause):
+                    req.paused_since = time.monotonic()
+                elif isinstance(msg, Resume):
+                    req.paused_since = None
                 elif isinstance(msg, PrepFailed):
                     reason = FinishReason.INVALID if msg.violations else FinishReason.ERROR
                     self._finish(req, reason, msg.error, msg.violations)
                 else:
                     self._finish(req, FinishReason.ERROR, msg.error)
+
+    def _end_stalled(self) -> None:
+        if not self.reader_stall_s:
+            return
+        now = time.monotonic()
+        for req in [r for r in self.scheduler.running if r.paused_since is not None]:
+            if now - req.paused_since > self.reader_stall_s:
+                self._finish(req, FinishReason.STALLED,
+                             f"the client read its audio too slowly: {req.sink.unread_ms / 1000:.1f} s of it "
+                             f"waited unread for more than {self.reader_stall_s:g} s")
 
     def step(self) -> StepStats:
         t0 = time.perf_counter()
@@ -181,7 +217,7 @@ class EngineCore:
         del self._requests[req.id]
         self.admission.release()
         if error:
-            log.warning("request %r failed: %s", req.label, error)
+            log.warning("request %r ended (%s): %s", req.label, reason.value, error)
         if req.stream is not None:  # it had a slot: its end follows its frames through Mimi and output
             self.mimi.end(StreamEnd(req.stream, reason, error, req.num_frames, req.prompt_len, req.t_arrival,
                                     req.t_admitted, req.t_finished))
@@ -198,4 +234,5 @@ class EngineCore:
             slots_in_use=len(running), max_slots=self.scheduler.slots.num_slots,
             requests_waiting=max(0, self.admission.count - len(running)),
             requests_prefilling=prefilling, requests_decoding=len(running) - prefilling,
+            requests_paused=sum(r.paused_since is not None for r in running),
         )

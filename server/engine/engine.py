@@ -26,7 +26,7 @@ from server.engine import rules
 from server.engine.admission import Admission
 from server.engine.config import EngineConfig
 from server.engine.core import EngineCore
-from server.engine.messages import Cancel, Submitted
+from server.engine.messages import Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.output import OutputStage
 from server.engine.parts import EngineParts, engine_info, load_parts, plan_threads
@@ -60,7 +60,8 @@ class Engine:
         torch_threads = self.threads.torch_threads
         self._admission = Admission(config.max_slots + config.max_queue)
         scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget, config.idle_prefill_budget)
-        self._core = EngineCore(parts.runner, scheduler, self._admission, parts.watermarker is not None, torch_threads)
+        self._core = EngineCore(parts.runner, scheduler, self._admission, parts.watermarker is not None, torch_threads,
+                                config.reader_stall_s)
         report = self._core.post
         self._output = OutputStage(parts.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames,
                                    report, torch_threads, self.threads.output_workers)
@@ -92,7 +93,12 @@ class Engine:
 
     @property
     def ready(self) -> bool:
-        return self._ready.is_set() and self._accepting
+        return self._ready.is_set() and self._accepting and self._core.failure is None
+
+    @property
+    def failure(self) -> BaseException | None:
+        """What stopped the engine thread, if anything did (it serves nothing after that)."""
+        return self._core.failure
 
     def drain(self, grace_s: float) -> bool:
         """Stop admitting new work; wait up to grace_s for in-flight requests to finish and
@@ -127,6 +133,10 @@ class Engine:
         """fn(request label, codes [32] on CPU) for every generated frame (debugging, tests)."""
         self._core.frame_observers.append(fn)
 
+    def add_fatal_observer(self, fn: Callable[[BaseException], None]) -> None:
+        """fn(exception) once, on the engine thread, if the engine thread stops on an error."""
+        self._core.fatal_observers.append(fn)
+
     def info(self) -> EngineInfo:
         return self._info
 
@@ -157,6 +167,6 @@ class Engine:
                             retry)
         rid = next(self._ids)
         seed = params.seed if params.seed is not None else random.getrandbits(63)
-        sink = RequestStream(rid, params.request_id, lambda i: self._core.post(Cancel(i)))
+        sink = RequestStream(rid, params.request_id, self._core.post, self.config.stream_buffer_s)
         self._core.post(Submitted(rid, params, sink, seed, rules.max_frames(params, limits), time.monotonic()))
         return sink

@@ -1,6 +1,7 @@
 """What crosses a thread boundary inside the engine: typed, immutable messages.
 
     callers ─ Submitted, Cancel ─────────►┐
+    consumers ─ Pause, Resume ───────────►│
     prep thread ─ Prepared, PrepFailed ──►├─ control channel ─► engine thread (drained once per
     Mimi, output threads ─ StreamFailed ─►┘                      loop, before it schedules)
     engine thread ─ PrepJob ─► prep thread
@@ -16,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.engine.stream import RequestStream
 from server.engine.types import FinishReason, SynthesisParams, Violation
 
 if TYPE_CHECKING:
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
     from csm_core.framing import Prompt
     from csm_core.sampling import SamplingParams
+    from server.engine.stream import RequestStream
 
 
 # -- control channel (any thread -> engine thread) ----------------------------------------
@@ -42,6 +43,20 @@ class Submitted:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """The caller went away (client cancelled, deadline passed)."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """The consumer has too much unread audio: make no frames for it until Resume."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """The consumer caught up."""
 
     id: int
 
@@ -72,7 +87,7 @@ class StreamFailed:
     error: str
 
 
-Control = Submitted | Cancel | Prepared | PrepFailed | StreamFailed
+Control = Submitted | Cancel | Pause | Resume | Prepared | PrepFailed | StreamFailed
 
 
 # -- engine thread -> prep thread ---------------------------------------------------------

@@ -2,11 +2,13 @@
 
 Chunking policy: without a watermark, frames go out as soon as Mimi decodes them (the frames of
 one stream that one Mimi call decoded, usually 1-4, go out together as one chunk).
-With the watermark, a stream's first chunk is `first_chunk_frames` frames (small, for time
-to first audio) and later chunks `chunk_frames` frames (about a second, enough for
-silentcipher to carry its whole message); the remainder is flushed when the stream ends.
-Each chunk is watermarked on its own, for its own stream only (silentcipher normalizes by the
-input's power and its BatchNorm uses the input's statistics, so streams are never mixed).
+With the watermark, a stream's first chunk is exactly `first_chunk_frames` frames (small, for
+time to first audio) and later chunks exactly `chunk_frames` frames (about a second, enough for
+silentcipher to carry its whole message); the remainder is flushed when the stream ends. The
+boundaries depend on frame counts only, never on how Mimi happened to group frames, so the
+watermark sees the same chunks on every run. Each chunk is watermarked on its own, for its own
+stream only (silentcipher normalizes by the input's power and its BatchNorm uses the input's
+statistics, so streams are never mixed).
 
 A stream always goes to the same worker (slot modulo workers), so its chunks stay in order,
 while different streams are watermarked in parallel. A failure here ends that stream only: the
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from csm_core.audio_io import resample
-from csm_core.constants import SAMPLE_RATE
+from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 from csm_core.watermark import Watermarker
 from server.engine.messages import Barrier, Control, PcmFrames, Stop, StreamEnd, StreamFailed
 from server.engine.types import AudioOut, Finished, FinishReason
@@ -67,8 +69,8 @@ class OutputStage:
         self.watermarker = watermarker
         self._report = report  # the engine's control channel
         self._torch_threads = torch_threads
-        self.first_chunk_frames = first_chunk_frames if watermarker else 1
-        self.chunk_frames = chunk_frames if watermarker else 1
+        self.first_chunk_frames = first_chunk_frames
+        self.chunk_frames = chunk_frames
         marks = [watermarker] + [watermarker.replica() for _ in range(workers - 1)] if watermarker else [None] * workers
         self._workers = [_Worker(mark) for mark in marks]
         for i, w in enumerate(self._workers):
@@ -126,11 +128,12 @@ class OutputStage:
             return
         out.chunks.append(msg.pcm)
         out.frames += msg.frames
-        target = self.first_chunk_frames if out.sent_chunks == 0 else self.chunk_frames
-        if out.frames < target:
-            return
         try:
-            self._emit(w, msg, out)
+            if w.watermarker is None:  # no boundaries to keep: everything decoded goes out now
+                self._emit(w, msg, out, out.frames)
+            while out.frames and out.frames >= (
+                    target := self.first_chunk_frames if out.sent_chunks == 0 else self.chunk_frames):
+                self._emit(w, msg, out, target)
         except Exception as e:  # this stream only
             log.exception("output stage failed for request %r", msg.stream.label)
             out.failure, out.chunks, out.frames = f"audio output failed: {e}", [], 0
@@ -143,7 +146,7 @@ class OutputStage:
             reason, error = FinishReason.ERROR, out.failure
         elif out.frames and reason is not FinishReason.ERROR:
             try:
-                self._emit(w, end, out)
+                self._emit(w, end, out, out.frames)
             except Exception as e:
                 log.exception("output stage failed for request %r", end.stream.label)
                 reason, error = FinishReason.ERROR, f"audio output failed: {e}"
@@ -153,15 +156,17 @@ class OutputStage:
             ttfa_s=None if out.t_first_audio is None else out.t_first_audio - end.t_arrival,
             total_s=end.t_finished - end.t_arrival, watermarked=self.watermarker is not None, error=error))
 
-    def _emit(self, w: _Worker, msg: PcmFrames | StreamEnd, out: _StreamOut) -> None:
-        audio = torch.cat(out.chunks)  # [frames * 1920]
+    def _emit(self, w: _Worker, msg: PcmFrames | StreamEnd, out: _StreamOut, frames: int) -> None:
+        """The stream's next `frames` frames as one chunk."""
+        pending = torch.cat(out.chunks)  # [out.frames * 1920]
+        audio, rest = pending[: frames * FRAME_SAMPLES], pending[frames * FRAME_SAMPLES :]
         if w.watermarker is not None:
             audio = w.watermarker.apply(audio)
         if msg.stream.sample_rate != SAMPLE_RATE:
             audio = resample(audio, SAMPLE_RATE, msg.stream.sample_rate)
         if out.t_first_audio is None:
             out.t_first_audio = time.monotonic()
-        msg.stream.sink.push(AudioOut(audio.numpy().astype(np.float32, copy=False), out.frames,
+        msg.stream.sink.push(AudioOut(audio.numpy().astype(np.float32, copy=False), frames,
                                       self.watermarker is not None))
-        out.chunks, out.frames = [], 0
+        out.chunks, out.frames = ([rest], out.frames - frames) if rest.numel() else ([], 0)
         out.sent_chunks += 1

@@ -34,6 +34,7 @@ class Request:
     stream: StreamRef | None = None  # set when it gets a slot
     num_prefilled: int = 0  # prompt positions already in the KV cache
     num_frames: int = 0  # generated frames (EOS not counted)
+    paused_since: float | None = None  # its reader is behind: no frames until it catches up
     finish_reason: FinishReason | None = None
     error: str | None = None
     violations: tuple[Violation, ...] = ()

@@ -1,9 +1,9 @@
 """Admission and per-step planning. Torch-free.
 
-The rule: each step, every decoding request produces one frame, and the prefill budget is
-spent on prompt chunks of requests that have a slot, oldest first. A request whose last
-prompt chunk is computed this step produces its first frame in the same step. Long prompts
-are thus prefilled over several steps while the others keep decoding. The budget bounds how
+The rule: each step, every decoding request produces one frame (unless its reader asked for a
+pause), and the prefill budget is spent on prompt chunks of requests that have a slot, oldest
+first. A request whose last prompt chunk is computed this step produces its first frame in the
+same step. Long prompts are thus prefilled over several steps while the others keep decoding. The budget bounds how
 much a step can delay the decoding streams' next frames; a step with no stream decoding
 delays nobody, so it gets the larger idle budget (a burst into an idle server is admitted in
 one step).
@@ -88,7 +88,8 @@ class Scheduler:
         budget = self.prefill_budget if decoding else self.idle_prefill_budget
         for req in self.running:
             if req.status is RequestStatus.DECODING:
-                out.decode.append(req)
+                if req.paused_since is None:
+                    out.decode.append(req)
                 continue
             start = req.num_prefilled
             while budget > 0 and start < req.prompt_len:
@@ -102,6 +103,12 @@ class Scheduler:
             if start < req.prompt_len:
                 budget = 0  # keep FIFO: no younger request overtakes an unfinished older prompt
         return out
+
+    def has_work(self) -> bool:
+        """Whether a step would do anything: admit, prefill, or make a frame (a paused request makes none)."""
+        if self.waiting and self.slots.can_allocate():
+            return True
+        return any(r.status is not RequestStatus.DECODING or r.paused_since is None for r in self.running)
 
     def finish(self, req: Request) -> None:
         """Release a request's slot (it must have one) or take it off the waiting queue."""

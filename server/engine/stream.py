@@ -1,10 +1,15 @@
-"""The hand-off of one request's events from the engine to its consumer.
+"""The hand-off of one request's events from the engine to its consumer, with flow control.
 
 An output worker pushes a stream's audio and its Finished event (the engine thread pushes
 Finished itself for a request that never got a slot); a consumer either iterates
 synchronously (`for ev in stream`) or asynchronously (`async for ev in stream`) on the event
 loop the stream was created on. `cancel` reaches the engine through its control channel.
-Torch-free.
+
+Flow control: the audio pushed and not yet taken by the consumer is counted. Past
+`pause_after_s` seconds of it the stream asks the engine to pause the request (it keeps its
+slot and KV, makes no frames), and once the consumer has caught up to half of that, to resume
+it; a reader too slow for too long is ended by the engine (FinishReason.STALLED). So a slow
+reader holds a bounded amount of audio, never the whole utterance. Torch-free.
 """
 
 from __future__ import annotations
@@ -14,15 +19,21 @@ import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from server.engine.types import Event, Finished
+from csm_core.constants import FRAME_MS
+from server.engine.messages import Cancel, Control, Pause, Resume
+from server.engine.types import AudioOut, Event, Finished
 
 
 class RequestStream:
-    def __init__(self, request_id: int, label: str, on_cancel: Callable[[int], None]):
+    def __init__(self, request_id: int, label: str, post: Callable[[Control], None], pause_after_s: float = 0.0):
         self.request_id = request_id  # minted by the engine, unique in the process
         self.label = label  # the caller's request_id
-        self._on_cancel = on_cancel
+        self._post = post  # the engine's control channel
+        self._pause_after_ms = pause_after_s * 1000  # 0: never pause
         self._cancelled = threading.Event()
+        self._lock = threading.Lock()
+        self._unread_ms = 0  # audio pushed and not yet taken by the consumer
+        self._paused = False
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -33,6 +44,8 @@ class RequestStream:
     # -- engine side -------------------------------------------------------------------
     def push(self, event: Event) -> None:
         """Deliver an event (any thread). Never raises: a closed loop means nobody listens."""
+        if isinstance(event, AudioOut):
+            self._count(event.frames * FRAME_MS)
         if self._loop is None:
             self._squeue.put(event)
             return
@@ -45,17 +58,40 @@ class RequestStream:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
+    @property
+    def unread_ms(self) -> int:
+        return self._unread_ms
+
+    def _count(self, ms: int) -> None:
+        """Adds (pushed) or removes (taken) unread audio; pauses or resumes the request."""
+        with self._lock:
+            self._unread_ms += ms
+            if not self._pause_after_ms:
+                return
+            if not self._paused and self._unread_ms > self._pause_after_ms:
+                self._paused, message = True, Pause(self.request_id)
+            elif self._paused and self._unread_ms <= self._pause_after_ms / 2:
+                self._paused, message = False, Resume(self.request_id)
+            else:
+                return
+        self._post(message)
+
     # -- consumer side -----------------------------------------------------------------
     def cancel(self) -> None:
         """Ask the engine to stop this request; it frees the slot within one step."""
         if not self._cancelled.is_set():
             self._cancelled.set()
-            self._on_cancel(self.request_id)
+            self._post(Cancel(self.request_id))
+
+    def _taken(self, event: Event) -> Event:
+        if isinstance(event, AudioOut):
+            self._count(-event.frames * FRAME_MS)
+        return event
 
     def get(self, timeout: float | None = None) -> Event:
         if self._loop is not None:
             raise RuntimeError("stream was created on an event loop: use `async for`")
-        return self._squeue.get(timeout=timeout)
+        return self._taken(self._squeue.get(timeout=timeout))
 
     def __iter__(self) -> Iterator[Event]:
         while True:
@@ -68,7 +104,7 @@ class RequestStream:
         if self._aqueue is None:
             raise RuntimeError("stream was created outside an event loop: use `for`")
         while True:
-            ev = await self._aqueue.get()
+            ev = self._taken(await self._aqueue.get())
             yield ev
             if isinstance(ev, Finished):
                 return

@@ -17,6 +17,7 @@ class FinishReason(enum.Enum):
     EOS = "eos"  # the model produced its all-zero end-of-utterance frame
     LENGTH = "length"  # max_audio_ms reached
     CANCELLED = "cancelled"  # caller went away, deadline passed, or server shut down
+    STALLED = "stalled"  # the caller read its audio too slowly for too long
     INVALID = "invalid"  # found invalid once its audio was decoded or its prompt built: see violations
     ERROR = "error"  # this request failed inside the engine; others are unaffected
 
@@ -166,6 +167,7 @@ class EngineStats:
     requests_waiting: int  # submitted, no slot yet (context being prepared, or queued)
     requests_prefilling: int
     requests_decoding: int
+    requests_paused: int = 0  # decoding requests paused until their reader catches up
 
 
 @dataclass(slots=True, frozen=True)
