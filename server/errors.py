@@ -1,8 +1,11 @@
-"""The one place where what went wrong becomes a gRPC status.
+"""The one place where what went wrong becomes a status, for gRPC and for HTTP alike.
 
 Handlers raise domain exceptions (the engine's InvalidRequest / QueueFull / EngineUnavailable,
-and the few below); `StatusInterceptor` wraps every rpc, turns those exceptions into statuses
-with google.rpc details, and reports each call's final code to `on_done` (metrics).
+and the few below); `describe` maps each to a `Failure` (gRPC code, HTTP status, message,
+field violations, retry delay) from one table. `StatusInterceptor` wraps every rpc, turns
+those exceptions into statuses with google.rpc details, and reports each call's final code to
+`on_done` (metrics); the HTTP API (server/http_api.py) writes the same Failure as OpenAI's
+JSON error.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ import inspect
 import logging
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull
+from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull, Violation
 
 log = logging.getLogger(__name__)
 
@@ -27,31 +31,71 @@ class Unauthenticated(Exception):
     """The call carries no valid bearer token (UNAUTHENTICATED)."""
 
 
+class NotFound(Exception):
+    """The request names something this server does not serve, e.g. an unknown model (NOT_FOUND)."""
+
+
+class RequestTooLarge(Exception):
+    """The request body is larger than the server accepts (HTTP 413)."""
+
+
 class SynthesisFailed(Exception):
     """The engine ended this request with an error (INTERNAL); other requests are unaffected."""
 
 
-def to_status(exc: BaseException) -> grpc.Status | None:
-    """The status for a domain exception; None for anything unexpected."""
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong, in terms every transport can state: gRPC and HTTP map the same exceptions."""
+
+    grpc_code: int  # google.rpc.Code
+    http_status: int
+    message: str
+    violations: tuple[Violation, ...] = ()
+    retry_after_s: float | None = None
+
+
+# The one table from domain exceptions to statuses.
+_FAILURES: tuple[tuple[type[Exception], int, int], ...] = (
+    (InvalidRequest, code_pb2.INVALID_ARGUMENT, 400),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED, 401),
+    (NotFound, code_pb2.NOT_FOUND, 404),
+    (RequestTooLarge, code_pb2.RESOURCE_EXHAUSTED, 413),
+    (QueueFull, code_pb2.RESOURCE_EXHAUSTED, 429),
+    (SynthesisFailed, code_pb2.INTERNAL, 500),
+    (EngineUnavailable, code_pb2.UNAVAILABLE, 503),
+)
+
+
+def describe(exc: BaseException) -> Failure | None:
+    """The failure a domain exception stands for; None for anything unexpected (a bug)."""
+    for kind, grpc_code, http_status in _FAILURES:
+        if isinstance(exc, kind):
+            break
+    else:
+        return None
     if isinstance(exc, InvalidRequest):
-        details = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in exc.violations
-            ]
-        )
-        return _status(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}", details)
+        return Failure(grpc_code, http_status, f"invalid request: {exc}", tuple(exc.violations))
     if isinstance(exc, QueueFull):
-        seconds = max(exc.retry_after_s, 0.0)
+        return Failure(grpc_code, http_status, str(exc), retry_after_s=max(exc.retry_after_s, 0.0))
+    return Failure(grpc_code, http_status, str(exc))
+
+
+def to_status(exc: BaseException) -> grpc.Status | None:
+    """The gRPC status for a domain exception, with google.rpc details; None for anything unexpected."""
+    failure = describe(exc)
+    if failure is None:
+        return None
+    detail = None
+    if failure.violations:
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in failure.violations
+        ])
+    elif failure.retry_after_s is not None:
+        seconds = failure.retry_after_s
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(math.modf(seconds)[0] * 1e9))
-        return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), error_details_pb2.RetryInfo(retry_delay=delay))
-    if isinstance(exc, EngineUnavailable):
-        return _status(code_pb2.UNAVAILABLE, str(exc))
-    if isinstance(exc, Unauthenticated):
-        return _status(code_pb2.UNAUTHENTICATED, str(exc))
-    if isinstance(exc, SynthesisFailed):
-        return _status(code_pb2.INTERNAL, str(exc))
-    return None
+        detail = error_details_pb2.RetryInfo(retry_delay=delay)
+    return _status(failure.grpc_code, failure.message, detail)
 
 
 def _status(code: int, message: str, detail=None) -> grpc.Status:

@@ -1,14 +1,14 @@
 """csm.v1.Speech: protobuf in, engine events out as protobuf. Thin and torch-free.
 
-Errors are raised as domain exceptions and mapped to statuses by server.errors. A call that
-ends early (client cancelled, deadline passed, server stopping the call) cancels its engine
-request, which frees the slot within one engine step.
+Errors are raised as domain exceptions and mapped to statuses by server.errors. The audio
+itself leaves through server/delivery.py, as it does over HTTP. A call that ends early
+(client cancelled, deadline passed, server stopping the call) cancels its engine request,
+which frees the slot within one engine step.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,20 +20,11 @@ from csm_wire import wav
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc
 from server.audio_encoding import OutputEncoding, make_encoder
+from server.delivery import AudioDelivery, Piece
 from server.engine.stream import RequestStream
-from server.engine.types import (
-    EngineInfo,
-    EngineStats,
-    EngineUnavailable,
-    Finished,
-    FinishReason,
-    SynthesisParams,
-)
-from server.errors import SynthesisFailed
+from server.engine.types import EngineInfo, EngineStats, EngineUnavailable, FinishReason, SynthesisParams
 from server.metrics import Metrics
 from server.validation import OUTPUT_ENCODINGS, has_context_audio, parse_request
-
-log = logging.getLogger(__name__)
 
 FINISH_REASONS = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
@@ -53,36 +44,16 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats: ...
 
 
-class _Chunker:
-    """Numbers the chunks of one stream and keeps their sample positions contiguous."""
-
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
-        self.sequence = 0
-        self.emitted_samples = 0  # samples covered by chunks already sent
-        self.held_samples = 0  # samples handed to the encoder whose bytes have not come out yet
-
-    def add(self, data: bytes, num_samples: int) -> pb.AudioChunk | None:
-        self.held_samples += num_samples
-        if not data:
-            return None
-        ms_per_sample = 1000.0 / self.sample_rate
-        chunk = pb.AudioChunk(
-            sequence=self.sequence,
-            data=data,
-            start_sample=self.emitted_samples,
-            num_samples=self.held_samples,
-            start_ms=self.emitted_samples * ms_per_sample,
-            duration_ms=self.held_samples * ms_per_sample,
-        )
-        self.sequence += 1
-        self.emitted_samples += self.held_samples
-        self.held_samples = 0
-        return chunk
-
-    @property
-    def total_samples(self) -> int:
-        return self.emitted_samples + self.held_samples
+def _chunk(piece: Piece, sequence: int, start_sample: int, sample_rate: int) -> pb.AudioChunk:
+    ms_per_sample = 1000.0 / sample_rate
+    return pb.AudioChunk(
+        sequence=sequence,
+        data=piece.data,
+        start_sample=start_sample,
+        num_samples=piece.samples,
+        start_ms=start_sample * ms_per_sample,
+        duration_ms=piece.samples * ms_per_sample,
+    )
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
@@ -157,64 +128,26 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         else:
             parsed = parse_request(request, request_id)
         encoder = make_encoder(parsed.encoding, parsed.sample_rate)
-        stream = self._engine.submit(parsed.params)
-        finished: Finished | None = None
-
-        def cancel_unless_finished(_context=None) -> None:
-            if finished is None:
-                stream.cancel()
-
+        delivery = AudioDelivery(self._engine.submit(parsed.params), encoder, self._metrics,
+                                 request_id=request_id, sample_rate=parsed.sample_rate, arrival=arrival)
         # Runs when the call ends for any reason, even if this generator is never resumed.
-        context.add_done_callback(cancel_unless_finished)
-        chunker = _Chunker(parsed.sample_rate)
-        first_audio_s: float | None = None
-        last_chunk_at = arrival
-        try:
-            async for event in stream:
-                if isinstance(event, Finished):
-                    finished = event
-                    continue
-                chunk = chunker.add(encoder.encode(event.pcm), len(event.pcm))
-                if chunk is None:
-                    continue
-                now = time.monotonic()
-                if first_audio_s is None:
-                    first_audio_s = now - arrival
-                    self._metrics.time_to_first_audio.observe(first_audio_s)
-                else:
-                    self._metrics.inter_chunk_latency.observe(now - last_chunk_at)
-                last_chunk_at = now
-                yield chunk
-        finally:
-            if finished is None:
-                log.info("request %s ended early (caller cancelled, deadline or error) after %d chunks",
-                         request_id, chunker.sequence)
-            self._metrics.observe_finished(finished.reason if finished else FinishReason.CANCELLED)
-            cancel_unless_finished()
-
-        tail = chunker.add(encoder.flush(), 0)
-        if tail is not None:
-            yield tail
-        total_s = time.monotonic() - arrival
-        log.info(
-            "request %s: %s, %d frames, %.2f s audio, first audio %s, total %.0f ms",
-            request_id, finished.reason.value, finished.frames, chunker.total_samples / parsed.sample_rate,
-            f"{first_audio_s * 1000:.0f} ms" if first_audio_s is not None else "none", total_s * 1000)
-        if finished.reason is FinishReason.ERROR:
-            raise SynthesisFailed(f"synthesis failed inside the server: {finished.error} (request_id {request_id})")
-        if finished.reason is FinishReason.CANCELLED:
-            raise EngineUnavailable(
-                f"the server stopped request {request_id} before it finished (shutting down): retry it")
+        context.add_done_callback(lambda _context: delivery.cancel())
+        sequence = start_sample = 0
+        async for piece in delivery.pieces():
+            yield _chunk(piece, sequence, start_sample, parsed.sample_rate)
+            sequence += 1
+            start_sample += piece.samples
+        finished = delivery.finished
         yield pb.SynthesisResult(
             request_id=request_id,
             finish_reason=FINISH_REASONS[finished.reason],
             frames=finished.frames,
-            audio_samples=chunker.total_samples,
-            audio_ms=chunker.total_samples * 1000.0 / parsed.sample_rate,
+            audio_samples=delivery.total_samples,
+            audio_ms=delivery.total_samples * 1000.0 / parsed.sample_rate,
             sample_rate=parsed.sample_rate,
             queue_ms=finished.queue_s * 1000.0,
-            time_to_first_audio_ms=(first_audio_s or 0.0) * 1000.0,
-            total_ms=total_s * 1000.0,
+            time_to_first_audio_ms=(delivery.first_audio_s or 0.0) * 1000.0,
+            total_ms=(time.monotonic() - arrival) * 1000.0,
             watermarked=finished.watermarked,
             prompt_frames=finished.prompt_frames,
         )

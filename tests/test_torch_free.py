@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.loadtest", "server.servicer", "server.app", "server.validation", "server.audio_encoding",
-           "server.metrics", "server.auth", "server.errors"]
+           "server.metrics", "server.auth", "server.errors", "server.http_api", "server.openai_speech", "server.delivery",
+           "server.listeners", "server.reflection", "server.tempo"]
 
 
 def test_servicer_server_app_and_client_import_without_torch():
