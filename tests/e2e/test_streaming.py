@@ -114,7 +114,9 @@ def test_csm_say_writes_a_finished_wav(server, tmp_path, capsys):
     with wave.open(str(out)) as w:
         frames = w.getnframes()
     assert frames > 0 and frames % FRAME_SAMPLES == 0
-    assert "first audio after" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "first audio after" in err
+    assert err.count("has random weights: its audio is noise, not speech") == 1
 
 
 def test_csm_say_streams_opus_with_context(server, tmp_path):
