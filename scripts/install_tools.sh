@@ -6,7 +6,7 @@
 #   ffmpeg, opusinfo               Debian packages (independent decoders of the output audio),
 #                                  installed with apt-get when missing and running as root
 #   schemas/k8s/v<X>-local-strict  Kubernetes JSON schemas (kubernetes-validate wheel, PyPI)
-#   schemas/crds/<group>/...       ServiceMonitor and GRPCRoute schemas, converted from the
+#   schemas/crds/<group>/...       ServiceMonitor, GRPCRoute and HTTPRoute schemas, converted from the
 #                                  CRDs inside the prometheus-operator and gateway-api modules
 # Pins live in scripts/k8s-tools.env. Everything lands in $CSM_TOOLS_DIR (default
 # ${XDG_CACHE_HOME:-~/.cache}/csm-serve/tools, shared by every clone on the machine) with a stamp per part, so a second run only checks stamps.
@@ -112,7 +112,7 @@ install_core_schemas() {
 }
 
 install_crd_schemas() {
-  local want="prometheus-operator $PROMETHEUS_OPERATOR_VERSION gateway-api $GATEWAY_API_VERSION"
+  local want="prometheus-operator $PROMETHEUS_OPERATOR_VERSION gateway-api $GATEWAY_API_VERSION grpcroutes httproutes"
   fresh crd-schemas "$want" && return
   need go "the CRDs come from Go modules"
   local py prom gw
@@ -123,6 +123,7 @@ install_crd_schemas() {
   "$py" "$REPO/scripts/k8s_schemas.py" crd \
     "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
     "$gw/config/crd/standard/gateway.networking.k8s.io_grpcroutes.yaml" \
+    "$gw/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" \
     "$TOOLS/schemas/crds"
   stamp crd-schemas "$want"
 }
