@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
+import subprocess
 import threading
 import time
-
 import urllib.error
 import urllib.request
+from http.client import HTTPConnection
+from pathlib import Path
 
 import grpc
 import openai
 import pytest
-from decoders import OPUS_DECODE_RATE, OPUS_FRAME_SAMPLES, ffmpeg_decode, ffprobe_rate
+from decoders import OPUS_DECODE_RATE, ffmpeg_decode, ffprobe_rate, opusinfo
 from openai import OpenAI
 
 from csm_client import SpeechClient
@@ -37,7 +40,7 @@ REQUEST = dict(model="tts-1", voice="alloy", input="Hello from the OpenAI SDK.")
 SEEDED = {"seed": 4242, "max_audio_ms": 800}  # extra_body: CSM's own sampling fields
 
 
-def http(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
+def call_json(method: str, url: str, body: bytes | None = None) -> tuple[int, dict]:
     """Status and JSON body of a plain HTTP request (urllib: no client library in between)."""
     request = urllib.request.Request(url, data=body, method=method, headers={"content-type": "application/json"})
     try:
@@ -163,26 +166,33 @@ def test_unknown_model_route_and_method_are_404_and_405(client, server):
     with pytest.raises(openai.NotFoundError) as refused:
         client.audio.speech.create(**{**REQUEST, "model": "tts-9"})
     assert refused.value.code == "model_not_found"
-    status, body = http("GET", f"{server.http_url}/v1/audio/transcriptions")
+    status, body = call_json("GET", f"{server.http_url}/v1/audio/transcriptions")
     assert status == 404 and "Invalid URL" in body["error"]["message"]
-    status, body = http("GET", f"{server.http_url}/v1/audio/speech")
+    status, body = call_json("GET", f"{server.http_url}/v1/audio/speech")
     assert status == 405 and body["error"]["type"] == "invalid_request_error"
 
 
 def test_oversized_and_malformed_bodies_are_413_and_400(server):
     url = f"{server.http_url}/v1/audio/speech"
-    status, body = http("POST", url, b"{" + b" " * (2 * 1024 * 1024) + b"}")
-    assert status == 413 and body["error"]["code"] == "request_too_large"
-    status, body = http("POST", url, b"{not json")
+    # The declared length is enough to refuse: the body is never read (nor, here, sent).
+    connection = HTTPConnection("127.0.0.1", server.server.http_port, timeout=30)
+    connection.putrequest("POST", "/v1/audio/speech")
+    connection.putheader("content-type", "application/json")
+    connection.putheader("content-length", str(2 * 1024 * 1024))
+    connection.endheaders()
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["error"]["code"] == "request_too_large"
+    connection.close()
+    status, body = call_json("POST", url, b"{not json")
     assert status == 400 and body["error"]["param"] == "body"
 
 
 def test_health_ready_and_http_metrics(client, server):
-    assert http("GET", f"{server.http_url}/health") == (200, {"status": "ok"})
-    assert http("GET", f"{server.http_url}/ready") == (200, {"status": "ready"})
+    assert call_json("GET", f"{server.http_url}/health") == (200, {"status": "ok"})
+    assert call_json("GET", f"{server.http_url}/ready") == (200, {"status": "ready"})
     before = server.metrics()
     client.audio.speech.create(**REQUEST, response_format="pcm", extra_body=SEEDED)
-    http("GET", f"{server.http_url}/no/such/path")
+    call_json("GET", f"{server.http_url}/no/such/path")
     ok = 'csm:http_requests_total{route="/v1/audio/speech",status="200"}'
     unmatched = 'csm:http_requests_total{route="unmatched",status="404"}'
 
@@ -204,14 +214,14 @@ def test_bearer_tokens_guard_the_api_but_not_health(engine):
         with pytest.raises(openai.AuthenticationError) as refused:
             sdk(server.http_url, api_key="wrong").models.list()
         assert refused.value.status_code == 401 and refused.value.code == "invalid_api_key"
-        status, body = http("POST", f"{server.http_url}/v1/audio/speech", json.dumps(REQUEST).encode())
+        status, body = call_json("POST", f"{server.http_url}/v1/audio/speech", json.dumps(REQUEST).encode())
         assert status == 401 and "token" in body["error"]["message"]
         assert [m.id for m in sdk(server.http_url, api_key="s3cret").models.list().data][0] == "tiny"
         audio = sdk(server.http_url, api_key="s3cret").audio.speech.create(
             **REQUEST, response_format="pcm", extra_body=SEEDED).content
         assert len(audio) > 0
-        assert http("GET", f"{server.http_url}/health")[0] == 200
-        assert http("GET", f"{server.http_url}/ready")[0] == 200
+        assert call_json("GET", f"{server.http_url}/health")[0] == 200
+        assert call_json("GET", f"{server.http_url}/ready")[0] == 200
     finally:
         server.stop()
 
@@ -245,20 +255,20 @@ def test_503_while_warming_up_and_while_draining():
     server = LoopbackServer(engine, drain_grace_s=60).start()
     try:
         ready = f"{server.http_url}/ready"
-        assert http("GET", ready) == (503, {"status": "warming up"})
+        assert call_json("GET", ready) == (503, {"status": "warming up"})
         with pytest.raises(openai.InternalServerError) as refused:
             sdk(server.http_url).audio.speech.create(**REQUEST)
         assert refused.value.status_code == 503
 
         engine.start()
         assert engine.wait_ready(WARMUP_TIMEOUT_S)
-        wait_for(lambda: http("GET", ready)[0] == 200, what="/ready to turn 200")
+        wait_for(lambda: call_json("GET", ready)[0] == 200, what="/ready to turn 200")
         with sdk(server.http_url).audio.speech.with_streaming_response.create(
                 **REQUEST, response_format="pcm", extra_body={"seed": 5, "max_audio_ms": 4000}) as running:
             pieces = running.iter_bytes()
             next(pieces)
             draining = server.run_in_background(server.server.drain())
-            wait_for(lambda: http("GET", ready) == (503, {"status": "draining"}), what="/ready to say draining")
+            wait_for(lambda: call_json("GET", ready) == (503, {"status": "draining"}), what="/ready to say draining")
             with pytest.raises(openai.InternalServerError) as refused:
                 sdk(server.http_url).audio.speech.create(**REQUEST)
             assert refused.value.status_code == 503 and "shutting down" in refused.value.message
@@ -268,6 +278,31 @@ def test_503_while_warming_up_and_while_draining():
     finally:
         server.stop()
         engine.shutdown()
+
+
+def test_the_docs_curl_examples_work_as_written(server, tmp_path):
+    """The curl commands of README.md and docs/api.md that write a file, run by bash as written
+    (host, port and token replaced)."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    root = Path(__file__).resolve().parents[2]
+    commands = []
+    for doc in (root / "README.md", root / "docs" / "api.md"):
+        text = doc.read_text().replace("\\\n", " ")
+        commands += [line.strip() for line in text.splitlines()
+                     if line.strip().startswith("curl ") and "/v1/audio/speech" in line and " -o " in line]
+    assert len(commands) >= 2
+    for command in commands:
+        command = (command.replace("http://localhost:8000", server.http_url)
+                   .replace(' -H "Authorization: Bearer $CSM_TOKEN"', ""))
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, (command, done.stderr)
+        name = command.split(" -o ")[1].split()[0]
+        data = (tmp_path / name).read_bytes()
+        fmt = name.rsplit(".", 1)[1]
+        if fmt == "opus":
+            opusinfo(data)
+        assert len(ffmpeg_decode(data, fmt)) > 0, command
 
 
 def _drain_quietly(stream) -> None:
