@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import math
 import time
 import uuid
@@ -39,8 +38,6 @@ from server.metrics import Metrics
 from server.openai_speech import in_api_terms, parse_speech_request
 from server.servicer import EngineClient
 from server.tempo import with_speed
-
-log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
@@ -160,7 +157,7 @@ class HttpApi:
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
     async def _unexpected_error(self, request: Request, exc: Exception) -> Response:
-        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+        """A bug: Starlette re-raises it after this response, so uvicorn logs the traceback."""
         return JSONResponse(error_body(500, "internal error; the server log has the cause"), 500)
 
 

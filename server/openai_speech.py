@@ -77,31 +77,31 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], max_speaker_id: 
         raise InvalidRequest([Violation("body", "must be a JSON object")])
     violations: list[Violation] = []
 
-    def field(name: str, kind: type | tuple[type, ...], default: Any = None, required: bool = False) -> Any:
+    def field(name: str, types: type | tuple[type, ...], expected: str, default: Any = None,
+              required: bool = False) -> Any:
+        """The value of `name` if it has one of `types`, else `default` (JSON booleans never pass as numbers)."""
         value = body.get(name)
         if value is None:
             if required:
                 violations.append(Violation(name, "is required"))
             return default
-        numeric = kind in (int, float) or kind == (int, float)
-        if not isinstance(value, kind) or (numeric and isinstance(value, bool)):
-            expected = {str: "a string", int: "an integer", float: "a number", (int, float): "a number",
-                        (str, dict): "a string or an object with an `id`"}.get(kind, str(kind))
+        if not isinstance(value, types) or isinstance(value, bool):
             violations.append(Violation(name, f"must be {expected}, got {json_type(value)}"))
             return default
         return value
 
-    model = field("model", str, required=True)
-    text = field("input", str, required=True)
-    voice = field("voice", (str, dict), required=True)
-    response_format = field("response_format", str, DEFAULT_RESPONSE_FORMAT)
-    speed = field("speed", (int, float), 1.0)
-    field("instructions", str)  # accepted and ignored: CSM takes no style prompt (the context sets the voice)
-    stream_format = field("stream_format", str, "audio")
-    seed = field("seed", int)
-    temperature = field("temperature", (int, float), DEFAULT_TEMPERATURE)
-    top_k = field("top_k", int, DEFAULT_TOP_K)
-    max_audio_ms = field("max_audio_ms", int)
+    number = (int, float)
+    model = field("model", str, "a string", required=True)
+    text = field("input", str, "a string", required=True)
+    voice = field("voice", (str, dict), "a string or an object with an `id`", required=True)
+    response_format = field("response_format", str, "a string", DEFAULT_RESPONSE_FORMAT)
+    speed = field("speed", number, "a number", 1.0)
+    field("instructions", str, "a string")  # accepted and ignored: CSM takes no style prompt
+    stream_format = field("stream_format", str, "a string", "audio")
+    seed = field("seed", int, "an integer")
+    temperature = field("temperature", number, "a number", DEFAULT_TEMPERATURE)
+    top_k = field("top_k", int, "an integer", DEFAULT_TOP_K)
+    max_audio_ms = field("max_audio_ms", int, "an integer")
 
     if model is not None and model not in models:
         raise NotFound(f"the model `{model}` does not exist on this server; it serves {', '.join(models)}")
