@@ -9,6 +9,7 @@ writes them to the response body.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -48,6 +49,13 @@ class AudioDelivery:
         if self.finished is None:
             self._stream.cancel()
 
+    async def _encode(self, pcm) -> bytes:
+        """Compressing encoders run on a worker thread (FFmpeg releases the GIL), so that many
+        streams' encoding neither stalls the event loop nor waits on one core."""
+        if self._encoder.cpu_bound:
+            return await asyncio.to_thread(self._encoder.encode, pcm)
+        return self._encoder.encode(pcm)
+
     async def pieces(self) -> AsyncIterator[Piece]:
         """The encoded audio. Ends normally after EOS or the length limit; raises SynthesisFailed
         when the engine failed the request, EngineUnavailable when the server stopped it."""
@@ -58,7 +66,7 @@ class AudioDelivery:
                 if isinstance(event, Finished):
                     self.finished = event
                     continue
-                data = self._encoder.encode(event.pcm)
+                data = await self._encode(event.pcm)
                 held += len(event.pcm)
                 self.total_samples += len(event.pcm)
                 if not data:
@@ -88,7 +96,7 @@ class AudioDelivery:
             self._metrics.observe_finished(finished.reason)
             raise EngineUnavailable(
                 f"the server stopped request {self.request_id} before it finished (shutting down): retry it")
-        tail = self._encoder.flush()
+        tail = await asyncio.to_thread(self._encoder.flush) if self._encoder.cpu_bound else self._encoder.flush()
         if tail:
             self.pieces_sent += 1
             yield Piece(tail, held)

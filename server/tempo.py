@@ -79,6 +79,8 @@ class TimeStretch:
 class StretchingEncoder:
     """An encoder fed through a TimeStretch: the same interface as the encoder it wraps."""
 
+    cpu_bound = True
+
     def __init__(self, encoder: Encoder, speed: float, sample_rate: int):
         self._encoder = encoder
         self._stretch = TimeStretch(speed, sample_rate)
