@@ -115,7 +115,8 @@ class HttpApi:
         pieces = delivery.pieces()
         # The status line waits for the first audio, so a failure before it is still an HTTP error.
         first = await anext(pieces, None)
-        headers = {"x-request-id": request_id}
+        # x-accel-buffering: nginx (ingress-nginx included) passes the audio on as it comes.
+        headers = {"x-request-id": request_id, "x-accel-buffering": "no"}
         if speech.stream_format == "sse":
             return StreamingResponse(_sse(first, pieces, delivery), media_type="text/event-stream",
                                      headers={**headers, "cache-control": "no-cache"})
