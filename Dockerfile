@@ -2,7 +2,7 @@
 # csm-serve: gRPC server for Sesame's CSM-1B. One container drives one GPU.
 #
 #   docker build -t csm-serve:0.1.0 .
-#   docker run --gpus all -p 50051:50051 -p 9090:9090 -v csm-cache:/cache csm-serve:0.1.0 \
+#   docker run --gpus all -p 50051:50051 -p 8000:8000 -p 9090:9090 -v csm-cache:/cache csm-serve:0.1.0 \
 #     --model sesame/csm-1b --dtype bfloat16        (with -e HF_TOKEN for the gated weights)
 #
 # Base image: Python 3.11 slim (Debian bookworm), not an nvidia/cuda image. The torch 2.9.1
@@ -61,6 +61,6 @@ VOLUME ["/cache"]
 USER 10001:10001
 WORKDIR /home/csm
 # gRPC (with grpc.health.v1 and reflection) and Prometheus /metrics.
-EXPOSE 50051 9090
+EXPOSE 50051 8000 9090
 ENTRYPOINT ["csm-serve"]
 CMD []

@@ -42,7 +42,7 @@ go vet ./...
 if [ -z "${CSM_SERVER:-}" ] && [ -x "$ROOT/.venv/bin/csm-serve" ]; then
   port=$("$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   echo "check_go.sh: starting csm-serve --model tiny on 127.0.0.1:$port (log: $tmp/csm-serve.log)" >&2
-  "$ROOT/.venv/bin/csm-serve" --model tiny --host 127.0.0.1 --port "$port" --metrics-port 0 \
+  "$ROOT/.venv/bin/csm-serve" --model tiny --host 127.0.0.1 --port "$port" --http-port 0 --metrics-port 0 \
     --voices-dir "$tmp/voices" >"$tmp/csm-serve.log" 2>&1 &
   server_pid=$!
   for _ in $(seq 1 600); do  # up to 5 minutes to import torch and build the model

@@ -3,7 +3,7 @@
 #   helm lint --strict, helm template, and kubeconform -strict against the pinned
 #   Kubernetes version (and the oldest one Chart.yaml accepts), for the default values,
 #   the production example and the all-features CI values.
-# CRDs (ServiceMonitor, GRPCRoute) are validated against schemas converted from the
+# CRDs (ServiceMonitor, GRPCRoute, HTTPRoute) are validated against schemas converted from the
 # upstream CRDs by install_tools.sh; no kind is skipped and nothing is fetched.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)

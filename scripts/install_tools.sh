@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Idempotent install of the pinned tools that validate the Helm chart offline:
+# Idempotent install of the pinned tools that validate the Helm chart offline, and of the
+# programs the end-to-end tests check the server with:
 #   bin/helm, bin/kubeconform     built with `go install` from the Go module proxy
+#   bin/grpcurl, bin/ghz           the same way (standard gRPC tools, used through reflection)
+#   ffmpeg, opusinfo               Debian packages (independent decoders of the output audio),
+#                                  installed with apt-get when missing and running as root
 #   schemas/k8s/v<X>-local-strict  Kubernetes JSON schemas (kubernetes-validate wheel, PyPI)
-#   schemas/crds/<group>/...       ServiceMonitor and GRPCRoute schemas, converted from the
+#   schemas/crds/<group>/...       ServiceMonitor, GRPCRoute and HTTPRoute schemas, converted from the
 #                                  CRDs inside the prometheus-operator and gateway-api modules
 # Pins live in scripts/k8s-tools.env. Everything lands in $CSM_TOOLS_DIR (default
 # ${XDG_CACHE_HOME:-~/.cache}/csm-serve/tools, shared by every clone on the machine) with a stamp per part, so a second run only checks stamps.
@@ -63,6 +67,33 @@ install_kubeconform() {
   stamp kubeconform "$KUBECONFORM_VERSION"
 }
 
+install_grpc_tools() {
+  need go "Go 1.26+ builds grpcurl and ghz from the Go module proxy"
+  if ! fresh grpcurl "$GRPCURL_VERSION" || [ ! -x "$TOOLS/bin/grpcurl" ]; then
+    GOBIN="$TOOLS/bin" go install -trimpath -ldflags "-s -w -X main.version=$GRPCURL_VERSION" \
+      "github.com/fullstorydev/grpcurl/cmd/grpcurl@$GRPCURL_VERSION"
+    stamp grpcurl "$GRPCURL_VERSION"
+  fi
+  if ! fresh ghz "$GHZ_VERSION" || [ ! -x "$TOOLS/bin/ghz" ]; then
+    GOBIN="$TOOLS/bin" go install -trimpath -ldflags "-s -w -X main.version=$GHZ_VERSION" \
+      "github.com/bojand/ghz/cmd/ghz@$GHZ_VERSION"
+    stamp ghz "$GHZ_VERSION"
+  fi
+}
+
+# ffmpeg (ffmpeg, ffprobe) and opus-tools (opusinfo) from the distribution, not from the
+# Python wheels the server encodes with: the tests want a decoder independent of the encoder.
+install_audio_tools() {
+  command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v opusinfo >/dev/null &&
+    command -v jq >/dev/null && return
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    echo "install_tools: ffmpeg, opusinfo or jq is missing; install them (Debian: apt-get install ffmpeg opus-tools jq)" >&2
+    return
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg opus-tools jq >/dev/null
+}
+
 install_core_schemas() {
   local want="$K8S_SCHEMAS_WHEEL $KUBE_VERSION $KUBE_MIN_VERSION"
   fresh k8s-schemas "$want" && return
@@ -81,7 +112,7 @@ install_core_schemas() {
 }
 
 install_crd_schemas() {
-  local want="prometheus-operator $PROMETHEUS_OPERATOR_VERSION gateway-api $GATEWAY_API_VERSION"
+  local want="prometheus-operator $PROMETHEUS_OPERATOR_VERSION gateway-api $GATEWAY_API_VERSION grpcroutes httproutes"
   fresh crd-schemas "$want" && return
   need go "the CRDs come from Go modules"
   local py prom gw
@@ -92,6 +123,7 @@ install_crd_schemas() {
   "$py" "$REPO/scripts/k8s_schemas.py" crd \
     "$prom/example/prometheus-operator-crd/monitoring.coreos.com_servicemonitors.yaml" \
     "$gw/config/crd/standard/gateway.networking.k8s.io_grpcroutes.yaml" \
+    "$gw/config/crd/standard/gateway.networking.k8s.io_httproutes.yaml" \
     "$TOOLS/schemas/crds"
   stamp crd-schemas "$want"
 }
@@ -100,5 +132,8 @@ install_helm
 install_kubeconform
 install_core_schemas
 install_crd_schemas
-echo "install_tools: helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION," \
-  "Kubernetes schemas v$KUBE_VERSION and v$KUBE_MIN_VERSION in $TOOLS"
+install_grpc_tools
+install_audio_tools
+echo "install_tools: helm $HELM_VERSION, kubeconform $KUBECONFORM_VERSION, grpcurl $GRPCURL_VERSION," \
+  "ghz $GHZ_VERSION, Kubernetes schemas v$KUBE_VERSION and v$KUBE_MIN_VERSION in $TOOLS;" \
+  "ffmpeg and opusinfo: $(command -v ffmpeg >/dev/null && command -v opusinfo >/dev/null && echo present || echo missing)"

@@ -1,30 +1,38 @@
-"""The grpc.aio server around one engine: csm.v1.Speech and csm.v1.Voices, health, reflection, auth,
-TLS, metrics, drain.
+"""One engine behind three listeners on one event loop: the grpc.aio server (csm.v1.Speech,
+csm.v1.Voices, health, reflection, auth, TLS), the OpenAI-compatible HTTP API
+(server/http_api.py, served by uvicorn) and the Prometheus /metrics endpoint (uvicorn as well).
 
 Lifecycle: `start()` binds the ports with health NOT_SERVING and turns it SERVING once the
-engine has warmed up. `drain()` is the SIGTERM path: health goes NOT_SERVING, new calls get
-UNAVAILABLE, in-flight streams get up to `drain_grace_s` to finish, then the server stops.
-The engine's own lifetime (start, shutdown) belongs to the caller.
+engine has warmed up. `drain()` is the SIGTERM path: health (and HTTP /ready) goes
+NOT_SERVING, new calls get UNAVAILABLE (HTTP 503), in-flight streams of both APIs get up to
+`drain_grace_s` to finish, then the server stops. The engine's own lifetime (start,
+shutdown) belongs to the caller.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import grpc
+import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from csm_wire import speech_pb2, speech_pb2_grpc, voices_pb2, voices_pb2_grpc
-from server.auth import BearerTokenInterceptor
+from server import reflection
+from server.auth import BearerTokenInterceptor, BearerTokens
 from server.engine.types import StepStats
 from server.errors import StatusInterceptor
-from server.metrics import Metrics, serve_metrics
+from server.http_api import HttpApi
+from server.listeners import Listeners, port_error
+from server.metrics import Metrics
+from server.openai_speech import OPENAI_TTS_MODELS
 from server.servicer import EngineClient, SpeechServicer
 from server.voices.registry import VoiceRegistry
 from server.voices.servicer import VoicesServicer
@@ -52,7 +60,11 @@ class ServedEngine(EngineClient, Protocol):
 class ServerConfig:
     host: str = "0.0.0.0"
     port: int = 50051  # 0: any free port (see SpeechServer.port)
+    http_port: int | None = 8000  # OpenAI-compatible HTTP API; None: off; 0: any free port
     metrics_port: int | None = 9090  # None: no metrics endpoint; 0: any free port
+    # Model names the HTTP API answers to and lists; the first also labels the metrics.
+    # Empty: the --model value, then OpenAI's speech model names (OPENAI_TTS_MODELS).
+    served_model_names: tuple[str, ...] = ()
     tls_cert: str | None = None  # PEM files; cert and key together turn TLS on
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM; set: clients must present a certificate it signed (mTLS)
@@ -70,10 +82,12 @@ class ServerConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ValueError(f"--{name.replace('_', '-')} {path!r} is not a readable file")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port {self.port} is outside 0..65535")
-        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics port {self.metrics_port} is outside 0..65535")
+        for name, flag in (("port", "--port"), ("http_port", "--http-port"), ("metrics_port", "--metrics-port")):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise ValueError(f"{flag} {value} is outside 0..65535")
+        if any(not name.strip() for name in self.served_model_names):
+            raise ValueError("--served-model-name: names must not be empty")
         if self.max_message_bytes < 1024 * 1024:
             raise ValueError("--max-message-bytes below 1 MiB would reject ordinary requests")
         if self.max_concurrent_rpcs < 1:
@@ -92,35 +106,60 @@ class ServerConfig:
         )
 
 
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn on the caller's event loop. Signals stay with csm-serve, which drains every API
+    together (uvicorn would otherwise take SIGTERM and SIGINT for itself)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def _uvicorn(app) -> _EmbeddedUvicorn:
+    return _EmbeddedUvicorn(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
+                                           server_header=False, timeout_graceful_shutdown=int(FINAL_MESSAGES_GRACE_S)))
+
+
 class SpeechServer:
-    def __init__(self, engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None):
+    def __init__(self, engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None,
+                 listeners: Listeners | None = None):
         """`voices`: the voice registry behind csm.v1.Voices and SynthesizeRequest.voice; None
-        serves no voices (Voices answers UNIMPLEMENTED, a named voice NOT_FOUND)."""
+        serves no voices (Voices answers UNIMPLEMENTED, a named voice NOT_FOUND). `listeners`:
+        sockets bound before the model loaded (csm-serve); None binds them at start."""
         self._engine = engine
         self.config = config
-        self.metrics = Metrics(engine.stats)
+        self.model_names = config.served_model_names or (engine.info().model_source, *OPENAI_TTS_MODELS)
+        self.metrics = Metrics(engine.stats, self.model_names[0])
         engine.add_step_observer(self.metrics.observe_step)
+        tokens = BearerTokens(config.auth_tokens) if config.auth_tokens else None
+        self._tokens = tokens
         self._servicer = SpeechServicer(engine, self.metrics, voices)
         self._voices = voices
+        self._http_api = HttpApi(engine, self.metrics, self.model_names, tokens)
         self._health = health.aio.HealthServicer()
+        self._listeners = listeners
         self._server: grpc.aio.Server | None = None
-        self._metrics_http = None
+        self._http_servers: list[tuple[_EmbeddedUvicorn, socket.socket, asyncio.Task]] = []
         self._ready_task: asyncio.Task | None = None
         self.engine_failed = asyncio.Event()  # set when the engine thread stopped on an error
         self.port: int | None = None
+        self.http_port: int | None = None
         self.metrics_port: int | None = None
 
     async def start(self) -> None:
         cfg = self.config
+        listeners = self._listeners or Listeners.claim(cfg.host, cfg.port, cfg.http_port, cfg.metrics_port)
+        self._listeners = None
         interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(self.metrics.observe_rpc)]
-        if cfg.auth_tokens:
-            interceptors.append(BearerTokenInterceptor(cfg.auth_tokens))
+        if self._tokens is not None:
+            interceptors.append(BearerTokenInterceptor(self._tokens))
         self._server = grpc.aio.server(
             interceptors=interceptors,
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
             options=[
                 ("grpc.max_receive_message_length", cfg.max_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.so_reuseport", 0),  # a second server on this port fails instead of sharing it
             ],
         )
         speech_pb2_grpc.add_SpeechServicer_to_server(self._servicer, self._server)
@@ -131,21 +170,27 @@ class SpeechServer:
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for service in HEALTH_SERVICES:
             await self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING)
-        reflection.enable_server_reflection((*services, "grpc.health.v1.Health", reflection.SERVICE_NAME),
-                                            self._server)
+        reflection.enable((*services, "grpc.health.v1.Health"), self._server)
         address = f"{cfg.host}:{cfg.port}"
         credentials = cfg.server_credentials()
-        if credentials is None:
-            self.port = self._server.add_insecure_port(address)
-        else:
-            self.port = self._server.add_secure_port(address, credentials)
+        try:
+            if credentials is None:
+                self.port = self._server.add_insecure_port(address)
+            else:
+                self.port = self._server.add_secure_port(address, credentials)
+        except RuntimeError as exc:  # gRPC reports a failed bind this way, without an errno
+            listeners.close()
+            raise port_error("port", cfg.host, cfg.port, OSError(str(exc))) from exc
         await self._server.start()
-        if cfg.metrics_port is not None:
-            self._metrics_http = serve_metrics(self.metrics.registry, cfg.host, cfg.metrics_port)
-            self.metrics_port = self._metrics_http.server_port
+        if listeners.http is not None:
+            self.http_port = self._serve_http(self._http_api.app, listeners.http, "the HTTP API")
+        if listeners.metrics is not None:
+            self.metrics_port = self._serve_http(self.metrics.asgi_app(), listeners.metrics, "metrics")
         log.info(
-            "csm.v1 listening on %s:%d (%s%s)%s", cfg.host, self.port, "TLS" if credentials else "plaintext",
+            "csm.v1 listening on %s:%d (%s%s)%s%s", cfg.host, self.port, "TLS" if credentials else "plaintext",
             ", client certificates required" if cfg.tls_client_ca else "",
+            f"; OpenAI-compatible HTTP API on http://{cfg.host}:{self.http_port}/v1 (models: "
+            f"{', '.join(self.model_names)})" if self.http_port else "",
             f"; metrics on http://{cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "")
         self._ready_task = asyncio.create_task(self._serve_when_ready())
         loop = asyncio.get_running_loop()
@@ -159,6 +204,12 @@ class SpeechServer:
             asyncio.ensure_future(self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING))
         self.engine_failed.set()
 
+    def _serve_http(self, app, sock: socket.socket, what: str) -> int:
+        server = _uvicorn(app)
+        task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn {what}")
+        self._http_servers.append((server, sock, task))
+        return sock.getsockname()[1]
+
     async def _serve_when_ready(self) -> None:
         while not self._engine.ready:
             await asyncio.sleep(READY_POLL_S)
@@ -169,8 +220,10 @@ class SpeechServer:
     async def drain(self) -> bool:
         """SIGTERM path. True when every in-flight stream finished within the grace."""
         grace = self.config.drain_grace_s
-        log.info("draining: health NOT_SERVING, new calls UNAVAILABLE, in-flight streams get %.0f s", grace)
+        log.info("draining: health NOT_SERVING, new calls UNAVAILABLE (HTTP 503), in-flight streams get %.0f s",
+                 grace)
         self._servicer.stop_accepting()
+        self._http_api.stop_accepting()
         await self._health.enter_graceful_shutdown()
         finished = await asyncio.to_thread(self._engine.drain, grace)
         if not finished:
@@ -182,12 +235,20 @@ class SpeechServer:
         """Stops serving; calls still running after `grace` seconds are cancelled."""
         if self._ready_task is not None:
             self._ready_task.cancel()
+        for server, _sock, _task in self._http_servers:
+            server.should_exit = True
+            server.force_exit = not grace  # no grace: do not wait for open responses
         if self._server is not None:
             await self._server.stop(grace)
-        if self._metrics_http is not None:
-            self._metrics_http.shutdown()
-            self._metrics_http.server_close()
-            self._metrics_http = None
+        for server, sock, task in self._http_servers:
+            try:
+                await asyncio.wait_for(task, FINAL_MESSAGES_GRACE_S + 1)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                task.cancel()
+            sock.close()
+        self._http_servers.clear()
+        if self._listeners is not None:
+            self._listeners.close()
 
     async def wait_for_termination(self) -> None:
         await self._server.wait_for_termination()

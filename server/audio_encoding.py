@@ -1,37 +1,68 @@
 """Streaming encoders for output audio: float32 mono PCM in, encoded bytes out. Torch-free.
 
-One encoder per stream. `encode(pcm)` returns the bytes for that piece (possibly empty: the
-Opus encoder holds back samples until it has a whole Opus packet); `flush()` returns what is
-left at the end. Concatenating every returned piece gives the whole encoded utterance.
+One encoder per stream. `encode(pcm)` returns the bytes for that piece (possibly empty while a
+codec fills its first packet); `flush()` returns what is left at the end. Concatenating every
+returned piece gives the whole encoded file.
+
+Raw PCM and the WAV framing of the wire contract (csm_wire.wav) are written here; every
+compressed format goes through FFmpeg's own encoders and muxers (PyAV), so the containers are
+FFmpeg's: Ogg/Opus with the encoder's real pre-skip, granule positions and an end-of-stream
+page, FLAC, MP3 and AAC in ADTS.
 """
 
 from __future__ import annotations
 
-import numpy as np
-import sphn
+from dataclasses import dataclass, field
 
+import av
+import numpy as np
+
+from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 from csm_wire import wav
 from server.engine.types import OutputEncoding
 
 
-PCM_RATE_RANGE = (8_000, 48_000)  # PCM and WAV output: any rate in this range (Hz)
+PCM_RATE_RANGE = (8_000, 48_000)  # PCM, WAV and FLAC output: any rate in this range (Hz)
 OPUS_RATES = (24_000, 48_000)  # Ogg/Opus output rates
-# sphn encodes 960-sample packets (40 ms at 24 kHz, 20 ms at 48 kHz) and holds back a partial
-# one; feeding whole packets makes every CSM frame (1920 samples at 24 kHz) leave at once.
-OPUS_PACKET_SAMPLES = 960
+MPEG_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # MP3 and AAC
+
+
+@dataclass(frozen=True, slots=True)
+class _Codec:
+    """An FFmpeg encoder inside an FFmpeg muxer, set up to stream."""
+
+    muxer: str
+    encoder: str
+    sample_format: str  # what the encoder is fed; PyAV converts our float32 to it
+    bit_rate: int | None  # bit/s; None for lossless
+    muxer_options: dict[str, str] = field(default_factory=dict)
+    rates: tuple[int, ...] | None = None  # None: PCM_RATE_RANGE
+
+
+_CODECS = {
+    # One 20 ms Opus packet per Ogg page: a page leaves as soon as the next packet starts it,
+    # so a stream's bytes trail its audio by at most one packet (the default is 1 s pages).
+    OutputEncoding.OGG_OPUS: _Codec("ogg", "libopus", "flt", 48_000, {"page_duration": "20000"}, OPUS_RATES),
+    OutputEncoding.MP3: _Codec("mp3", "libmp3lame", "fltp", 64_000, rates=MPEG_RATES),
+    OutputEncoding.AAC: _Codec("adts", "aac", "fltp", 64_000, rates=MPEG_RATES),
+    # No 8 KiB padding block after STREAMINFO (nothing rewrites the header of a stream).
+    OutputEncoding.FLAC: _Codec("flac", "flac", "s16", None, {"metadata_header_padding": "0"}),
+}
 
 
 def supported_rate(encoding: OutputEncoding, sample_rate: int) -> bool:
-    if encoding is OutputEncoding.OGG_OPUS:
-        return sample_rate in OPUS_RATES
+    codec = _CODECS.get(encoding)
+    if codec is not None and codec.rates is not None:
+        return sample_rate in codec.rates
     return PCM_RATE_RANGE[0] <= sample_rate <= PCM_RATE_RANGE[1]
 
 
 def rate_rule(encoding: OutputEncoding) -> str:
     """The accepted output rates, in words, for error messages."""
-    if encoding is OutputEncoding.OGG_OPUS:
-        return "Ogg/Opus output supports 24000 or 48000 Hz"
-    return f"PCM and WAV output support any rate from {PCM_RATE_RANGE[0]} to {PCM_RATE_RANGE[1]} Hz"
+    codec = _CODECS.get(encoding)
+    if codec is not None and codec.rates is not None:
+        return f"{encoding.name} output supports {', '.join(map(str, codec.rates))} Hz"
+    return f"{encoding.name} output supports any rate from {PCM_RATE_RANGE[0]} to {PCM_RATE_RANGE[1]} Hz"
 
 
 def to_s16le(pcm: np.ndarray) -> bytes:
@@ -39,6 +70,8 @@ def to_s16le(pcm: np.ndarray) -> bytes:
 
 
 class PcmS16Encoder:
+    cpu_bound = False  # cheap enough for the event loop
+
     def encode(self, pcm: np.ndarray) -> bytes:
         return to_s16le(pcm)
 
@@ -47,6 +80,8 @@ class PcmS16Encoder:
 
 
 class PcmF32Encoder:
+    cpu_bound = False
+
     def encode(self, pcm: np.ndarray) -> bytes:
         return pcm.astype("<f4", copy=False).tobytes()
 
@@ -56,6 +91,8 @@ class PcmF32Encoder:
 
 class WavEncoder:
     """16-bit WAV; the header (sizes unknown) goes out with the first piece."""
+
+    cpu_bound = False
 
     def __init__(self, sample_rate: int):
         self._header: bytes | None = wav.header(sample_rate, None)
@@ -69,31 +106,69 @@ class WavEncoder:
         return header  # an utterance without audio is still a valid (empty) WAV
 
 
-class OggOpusEncoder:
-    """Ogg/Opus through sphn; feeds whole packets and zero-pads the last one on flush."""
+class _Drain:
+    """The muxer's output file: keeps what FFmpeg wrote until the encoder takes it.
 
-    def __init__(self, sample_rate: int):
-        self._writer = sphn.OpusStreamWriter(sample_rate)
-        self._pending = np.zeros(0, np.float32)  # [< OPUS_PACKET_SAMPLES] waiting for a packet
+    It has no `seek`, so FFmpeg treats the output as a pipe: it never goes back to rewrite a
+    header, and it hands over each packet as soon as it is muxed.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buffer += data
+        return len(data)
+
+    def take(self) -> bytes:
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+
+class FFmpegEncoder:
+    """A compressed format through FFmpeg (PyAV). Pieces of any length go in; PyAV re-frames
+    them into the codec's frame size, and the last, partial frame is encoded on flush."""
+
+    cpu_bound = True  # 0.5 to 1.6 ms per 80 ms frame on one CPU core (libopus, LAME): off the event loop
+
+    def __init__(self, encoding: OutputEncoding, sample_rate: int):
+        codec = _CODECS[encoding]
+        self._out = _Drain()
+        self._container = av.open(self._out, mode="w", format=codec.muxer, options=codec.muxer_options)
+        options = {}
+        if encoding is OutputEncoding.FLAC:
+            # One FLAC block per CSM frame (80 ms) instead of FFmpeg's ~105 ms, so every frame leaves at once.
+            options["frame_size"] = str(FRAME_SAMPLES * sample_rate // SAMPLE_RATE)
+        self._stream = self._container.add_stream(codec.encoder, rate=sample_rate, layout="mono", options=options)
+        self._stream.codec_context.format = codec.sample_format
+        if codec.bit_rate is not None:
+            self._stream.codec_context.bit_rate = codec.bit_rate
+        self._rate = sample_rate
+        self._pts = 0  # samples fed so far
+        self._closed = False
 
     def encode(self, pcm: np.ndarray) -> bytes:
-        buf = np.concatenate([self._pending, pcm.astype(np.float32, copy=False)])
-        n = OPUS_PACKET_SAMPLES
-        whole = len(buf) - len(buf) % n
-        out = [self._writer.append_pcm(buf[i : i + n]) for i in range(0, whole, n)]
-        self._pending = buf[whole:]
-        return b"".join(out)
+        if len(pcm) == 0:
+            return b""
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(pcm, dtype=np.float32).reshape(1, -1), format="flt", layout="mono")
+        frame.sample_rate = self._rate
+        frame.pts = self._pts
+        self._pts += len(pcm)
+        self._container.mux(self._stream.encode(frame))
+        return self._out.take()
 
     def flush(self) -> bytes:
-        if len(self._pending) == 0:
+        if self._closed:
             return b""
-        tail = np.zeros(OPUS_PACKET_SAMPLES, np.float32)
-        tail[: len(self._pending)] = self._pending
-        self._pending = np.zeros(0, np.float32)
-        return self._writer.append_pcm(tail)
+        self._closed = True
+        self._container.mux(self._stream.encode(None))
+        self._container.close()  # writes the trailer: Ogg's end-of-stream page, FLAC's last frame
+        return self._out.take()
 
 
-Encoder = PcmS16Encoder | PcmF32Encoder | WavEncoder | OggOpusEncoder
+Encoder = PcmS16Encoder | PcmF32Encoder | WavEncoder | FFmpegEncoder
 
 
 def make_encoder(encoding: OutputEncoding, sample_rate: int) -> Encoder:
@@ -105,4 +180,4 @@ def make_encoder(encoding: OutputEncoding, sample_rate: int) -> Encoder:
         return PcmF32Encoder()
     if encoding is OutputEncoding.WAV:
         return WavEncoder(sample_rate)
-    return OggOpusEncoder(sample_rate)
+    return FFmpegEncoder(encoding, sample_rate)

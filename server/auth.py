@@ -1,7 +1,8 @@
-"""Bearer-token authentication: `authorization: Bearer <token>` metadata on every call.
+"""Bearer-token authentication: `authorization: Bearer <token>` on every call, gRPC or HTTP.
 
 Health checks stay open (load balancers and Kubernetes probes send no token); every other
-service, reflection included, needs a token when tokens are configured.
+service, reflection included, needs a token when tokens are configured. The HTTP API checks
+its `Authorization` header with the same `BearerTokens`.
 """
 
 from __future__ import annotations
@@ -36,24 +37,34 @@ def load_tokens(tokens_file: str | None, env_tokens: str | None) -> tuple[str, .
     return tuple(dict.fromkeys(tokens))
 
 
-class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokens:
+    """The accepted tokens, checked the same way for gRPC metadata and HTTP headers."""
+
     def __init__(self, tokens: Iterable[str]):
         self._tokens = tuple(t.encode() for t in tokens)
         if not self._tokens:
-            raise ValueError("BearerTokenInterceptor needs at least one token")
+            raise ValueError("BearerTokens needs at least one token")
 
-    def _problem(self, metadata) -> str | None:
-        """What is wrong with the call's credentials, or None when it may pass."""
-        values = [v for k, v in metadata or () if k == "authorization"]
-        if not values:
-            return "this server requires a token: send the metadata 'authorization: Bearer <token>'"
-        scheme, _, token = str(values[0]).partition(" ")
+    def problem(self, authorization: str | None) -> str | None:
+        """What is wrong with an `authorization` value ('Bearer <token>'), or None when it may pass."""
+        if authorization is None:
+            return "this server requires a token: send the header (metadata) 'authorization: Bearer <token>'"
+        scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return "the authorization metadata must read 'Bearer <token>'"
+            return "the authorization must read 'Bearer <token>'"
         presented = token.strip().encode()
         # Compare against every token so the time taken does not reveal which one matched.
         matches = [hmac.compare_digest(presented, t) for t in self._tokens]
         return None if any(matches) else "the bearer token is not valid for this server"
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, tokens: BearerTokens):
+        self._tokens = tokens
+
+    def _problem(self, metadata) -> str | None:
+        values = [str(v) for k, v in metadata or () if k == "authorization"]
+        return self._tokens.problem(values[0] if values else None)
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)

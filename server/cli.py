@@ -1,4 +1,5 @@
-"""csm-serve: the csm.v1 gRPC server. Every flag can also be set by the environment variable shown."""
+"""csm-serve: the csm.v1 gRPC server and its OpenAI-compatible HTTP API. Every flag can also be set
+by the environment variable shown."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
 from server.app import ServedEngine, ServerConfig, SpeechServer
 from server.auth import load_tokens
 from server.engine.config import EngineConfig
+from server.listeners import Listeners, PortUnavailable
+from server.openai_speech import OPENAI_TTS_MODELS
 from server.voices.config import VoicesConfig, default_voices_dir
 from server.voices.registry import VoiceRegistry
 
@@ -39,10 +42,18 @@ def _key(text: str) -> tuple[int, ...]:
     return key
 
 
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected comma-separated model names, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csm-serve",
-        description="Serve Sesame's CSM-1B over gRPC (csm.v1.Speech) with continuous batching.",
+        description="Serve Sesame's CSM-1B over gRPC (csm.v1.Speech) and an OpenAI-compatible HTTP API "
+                    "(POST /v1/audio/speech) with continuous batching.",
     )
 
     def flag(name: str, env: str, default, help: str, **kwargs) -> None:
@@ -68,8 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--output-workers", "CSM_OUTPUT_WORKERS", None,
          "output (watermark, resampling) threads; unset: with the watermark on a CPU, one per --torch-threads "
          "share of the cores, else 1", type=int)
-    flag("--host", "CSM_HOST", "0.0.0.0", "address to listen on (gRPC and metrics)")
+    flag("--host", "CSM_HOST", "0.0.0.0", "address to listen on (gRPC, HTTP and metrics)")
     flag("--port", "CSM_PORT", "50051", "gRPC port", type=int)
+    flag("--http-port", "CSM_HTTP_PORT", "8000",
+         "OpenAI-compatible HTTP API port (/v1/audio/speech, /v1/models, /health, /ready); 0 disables", type=int)
+    flag("--served-model-name", "CSM_SERVED_MODEL_NAME", None,
+         "comma-separated model names the HTTP API answers to and lists; the first labels the metrics "
+         f"(unset: the --model value, then {', '.join(OPENAI_TTS_MODELS)})", type=_names)
     flag("--metrics-port", "CSM_METRICS_PORT", "9090", "Prometheus /metrics port; 0 disables", type=int)
     flag("--watermark", "CSM_WATERMARK", "true", "watermark the output with silentcipher",
          type=_bool, action=argparse.BooleanOptionalAction)
@@ -124,12 +140,14 @@ def configure_logging(fmt: str) -> None:
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+    logging.getLogger("uvicorn.error").setLevel(logging.WARNING)  # its start and stop lines repeat server.app's
 
 
-async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None) -> int:
+async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistry | None = None,
+                listeners: Listeners | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then drains (a second signal stops at once): exit code 0.
     If the engine thread stops on an error, health turns NOT_SERVING and this returns 1."""
-    server = SpeechServer(engine, config, voices)
+    server = SpeechServer(engine, config, voices, listeners)
     try:
         await server.start()
         loop = asyncio.get_running_loop()
@@ -163,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         server_config = ServerConfig(
             host=args.host,
             port=args.port,
+            http_port=args.http_port or None,
             metrics_port=args.metrics_port or None,
+            served_model_names=args.served_model_name or (),
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
@@ -194,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                                      max_bytes=args.max_voice_bytes)
     except ValueError as exc:
         parser.error(str(exc))
+    try:  # before the model loads: a taken port fails now, not minutes later
+        listeners = Listeners.claim(server_config.host, server_config.port, server_config.http_port,
+                                    server_config.metrics_port)
+    except PortUnavailable as exc:
+        log.error("%s", exc)
+        return 1
     from server.engine.engine import build  # torch loads only once the flags are known to be valid
 
     log.info("loading model %r on device %s (%s)", args.model, args.device, args.dtype)
@@ -203,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         engine = build(engine_config)  # logs loudly when the weights are random (bench, tiny)
     except (ValueError, OSError, CompanionError) as exc:
         log.error("cannot load model %r: %s", args.model, exc)
+        listeners.close()
         return 1
     if server_config.auth_tokens:
         log.info("bearer-token authentication on (%d tokens)", len(server_config.auth_tokens))
@@ -214,10 +241,11 @@ def main(argv: list[str] | None = None) -> int:
         voices = open_registry(engine, voices_config)
     except OSError as exc:
         log.error("cannot use the voices directory %s: %s", voices_config.directory, exc)
+        listeners.close()
         return 1
     log.info("voices in %s (%d stored)", voices_config.directory, voices.usage().voices)
     engine.start()
-    return asyncio.run(serve(engine, server_config, voices))
+    return asyncio.run(serve(engine, server_config, voices, listeners))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,13 @@
-"""The one place where what went wrong becomes a gRPC status.
+"""The one place where what went wrong becomes a status, for gRPC and for HTTP alike.
 
 Handlers raise domain exceptions (the engine's InvalidRequest / QueueFull / EngineUnavailable,
-the voice registry's, and the few below); `StatusInterceptor` wraps every rpc, turns those
-exceptions into statuses with google.rpc details, and reports each call's final code to
-`on_done` (metrics). `status_proto` gives the same status as a google.rpc.Status message, for
-errors sent inside a stream (ConverseResponse.error).
+the voice registry's, and the few below); `describe` maps each to a `Failure` (gRPC code, HTTP
+status, message, field violations, retry delay, quota) from one table. `StatusInterceptor`
+wraps every rpc, turns those exceptions into statuses with google.rpc details, turns request
+bytes that do not parse into INVALID_ARGUMENT, and reports each call's final code to `on_done`
+(metrics); `status_proto` gives the same status as a google.rpc.Status message, for errors
+sent inside a stream (ConverseResponse.error); the HTTP API (server/http_api.py) writes the
+same Failure as OpenAI's JSON error.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -22,7 +26,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull
+from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull, Violation
 from server.malformed import Malformed, explain
 from server.voices.types import VoiceExists, VoiceNotFound, VoiceQuotaExceeded, VoiceUnusable
 
@@ -31,6 +35,14 @@ log = logging.getLogger(__name__)
 
 class Unauthenticated(Exception):
     """The call carries no valid bearer token (UNAUTHENTICATED)."""
+
+
+class NotFound(Exception):
+    """The request names something this server does not serve, e.g. an unknown model (NOT_FOUND)."""
+
+
+class RequestTooLarge(Exception):
+    """The request body is larger than the server accepts (HTTP 413)."""
 
 
 class SynthesisFailed(Exception):
@@ -45,53 +57,82 @@ class Unimplemented(Exception):
     """An rpc of the contract that this server does not serve yet (UNIMPLEMENTED)."""
 
 
-def to_status(exc: BaseException) -> grpc.Status | None:
-    """The status for a domain exception; None for anything unexpected."""
-    status = status_proto(exc)
-    return rpc_status.to_status(status) if status is not None else None
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What went wrong, in terms every transport can state: gRPC and HTTP map the same exceptions."""
+
+    grpc_code: int  # google.rpc.Code
+    http_status: int
+    message: str
+    violations: tuple[Violation, ...] = ()
+    retry_after_s: float | None = None
+    quota_subject: str | None = None  # the quota that was exceeded (google.rpc.QuotaFailure)
+
+
+# The one table from domain exceptions to statuses.
+_FAILURES: tuple[tuple[type[Exception], int, int], ...] = (
+    (InvalidRequest, code_pb2.INVALID_ARGUMENT, 400),
+    (Unauthenticated, code_pb2.UNAUTHENTICATED, 401),
+    (NotFound, code_pb2.NOT_FOUND, 404),
+    (VoiceNotFound, code_pb2.NOT_FOUND, 404),
+    (VoiceExists, code_pb2.ALREADY_EXISTS, 409),
+    (VoiceUnusable, code_pb2.FAILED_PRECONDITION, 400),
+    (RequestTooLarge, code_pb2.RESOURCE_EXHAUSTED, 413),
+    (QueueFull, code_pb2.RESOURCE_EXHAUSTED, 429),
+    (VoiceQuotaExceeded, code_pb2.RESOURCE_EXHAUSTED, 429),
+    (ReaderTooSlow, code_pb2.RESOURCE_EXHAUSTED, 429),
+    (SynthesisFailed, code_pb2.INTERNAL, 500),
+    (Unimplemented, code_pb2.UNIMPLEMENTED, 501),
+    (EngineUnavailable, code_pb2.UNAVAILABLE, 503),
+)
+
+
+def describe(exc: BaseException) -> Failure | None:
+    """The failure a domain exception stands for; None for anything unexpected (a bug)."""
+    for kind, grpc_code, http_status in _FAILURES:
+        if isinstance(exc, kind):
+            break
+    else:
+        return None
+    if isinstance(exc, InvalidRequest):
+        return Failure(grpc_code, http_status, f"invalid request: {exc}", tuple(exc.violations))
+    if isinstance(exc, QueueFull):
+        return Failure(grpc_code, http_status, str(exc), retry_after_s=max(exc.retry_after_s, 0.0))
+    if isinstance(exc, VoiceQuotaExceeded):
+        return Failure(grpc_code, http_status, str(exc), quota_subject=exc.subject)
+    return Failure(grpc_code, http_status, str(exc))
 
 
 def status_proto(exc: BaseException) -> status_pb2.Status | None:
-    """The google.rpc.Status for a domain exception; None for anything unexpected."""
-    if isinstance(exc, InvalidRequest):
-        details = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in exc.violations
-            ]
-        )
-        return _status(code_pb2.INVALID_ARGUMENT, f"invalid request: {exc}", details)
-    if isinstance(exc, QueueFull):
-        seconds = max(exc.retry_after_s, 0.0)
+    """The google.rpc.Status for a domain exception, with its details; None for anything unexpected."""
+    failure = describe(exc)
+    if failure is None:
+        return None
+    detail = None
+    if failure.violations:
+        detail = error_details_pb2.BadRequest(field_violations=[
+            error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+            for v in failure.violations
+        ])
+    elif failure.retry_after_s is not None:
+        seconds = failure.retry_after_s
         delay = duration_pb2.Duration(seconds=int(seconds), nanos=int(math.modf(seconds)[0] * 1e9))
-        return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), error_details_pb2.RetryInfo(retry_delay=delay))
-    if isinstance(exc, VoiceQuotaExceeded):
-        quota = error_details_pb2.QuotaFailure(violations=[
-            error_details_pb2.QuotaFailure.Violation(subject=exc.subject, description=str(exc))])
-        return _status(code_pb2.RESOURCE_EXHAUSTED, str(exc), quota)
-    simple = (
-        (VoiceNotFound, code_pb2.NOT_FOUND),
-        (VoiceExists, code_pb2.ALREADY_EXISTS),
-        (VoiceUnusable, code_pb2.FAILED_PRECONDITION),
-        (EngineUnavailable, code_pb2.UNAVAILABLE),
-        (Unauthenticated, code_pb2.UNAUTHENTICATED),
-        (SynthesisFailed, code_pb2.INTERNAL),
-        (ReaderTooSlow, code_pb2.RESOURCE_EXHAUSTED),
-        (Unimplemented, code_pb2.UNIMPLEMENTED),
-    )
-    for kind, code in simple:
-        if isinstance(exc, kind):
-            return _status(code, str(exc))
-    return None
-
-
-def _status(code: int, message: str, detail=None) -> status_pb2.Status:
-    status = status_pb2.Status(code=code, message=message)
+        detail = error_details_pb2.RetryInfo(retry_delay=delay)
+    elif failure.quota_subject is not None:
+        detail = error_details_pb2.QuotaFailure(violations=[
+            error_details_pb2.QuotaFailure.Violation(subject=failure.quota_subject, description=failure.message)])
+    status = status_pb2.Status(code=failure.grpc_code, message=failure.message)
     if detail is not None:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
     return status
+
+
+def to_status(exc: BaseException) -> grpc.Status | None:
+    """The gRPC status for a domain exception; None for anything unexpected."""
+    status = status_proto(exc)
+    return rpc_status.to_status(status) if status is not None else None
 
 
 async def _abort(exc: Exception, context: grpc.aio.ServicerContext, method: str) -> None:

@@ -1,57 +1,100 @@
 """Prometheus metrics, named after vLLM's where they mean the same thing. Torch-free.
 
-Each server has its own registry (tests run several servers in one process). Load gauges
-are read from the engine when scraped; step and frame counters come from the engine's step
-observer; latency histograms and finish reasons come from the servicer, which sees every
-request end (a caller that goes away counts as cancelled).
+Each server has its own registry (tests run several servers in one process). Every csm:
+series carries the `model_name` label (the served model name, as vLLM's do). Load gauges are
+read from the engine when scraped; step and frame counters come from the engine's step
+observer; latency histograms and finish reasons come from server/delivery.py, which sees
+every request end on either transport (a caller that goes away counts as cancelled); calls
+are counted per transport: gRPC by method and status code, HTTP by route and status.
+The process_* series (CPU, memory, file descriptors) come from prometheus_client.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from wsgiref.simple_server import WSGIServer
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    make_asgi_app,
+)
 
 from csm_core.constants import FRAME_MS
-from server.engine.types import EngineStats, FinishReason, StepStats
+from server.engine.types import EngineStats, Finished, FinishReason, StepStats
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
+_REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
 _STEP_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5)
+_RTF_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+_PROMPT_BUCKETS = (8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 
 
 class Metrics:
-    def __init__(self, stats: Callable[[], EngineStats]):
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str = ""):
         self.registry = CollectorRegistry()
         r = self.registry
-        Gauge("csm:num_requests_running", "Requests holding a slot (prefilling or decoding).",
-              registry=r).set_function(lambda: stats().slots_in_use)
-        Gauge("csm:num_requests_waiting", "Requests waiting for a slot.",
-              registry=r).set_function(lambda: stats().requests_waiting)
-        Gauge("csm:num_requests_paused", "Requests paused because their client has too much audio unread.",
-              registry=r).set_function(lambda: stats().requests_paused)
-        Gauge("csm:slot_usage_perc", "Fraction of slots in use, 0 to 1 (like vllm:kv_cache_usage_perc).",
-              registry=r).set_function(lambda: _usage(stats()))
-        self.time_to_first_audio = Histogram(
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        model = {"model_name": model_name}
+
+        def gauge(name: str, doc: str, read: Callable[[EngineStats], float]) -> None:
+            Gauge(name, doc, ["model_name"], registry=r).labels(**model).set_function(lambda: read(stats()))
+
+        def histogram(name: str, doc: str, buckets) -> Histogram:
+            return Histogram(name, doc, ["model_name"], buckets=buckets, registry=r).labels(**model)
+
+        gauge("csm:num_requests_running", "Requests holding a slot (prefilling or decoding).",
+              lambda s: s.slots_in_use)
+        gauge("csm:num_requests_waiting", "Requests waiting for a slot.", lambda s: s.requests_waiting)
+        gauge("csm:num_requests_paused", "Requests paused because their client has too much audio unread.",
+              lambda s: s.requests_paused)
+        gauge("csm:slot_usage_perc", "Fraction of slots in use, 0 to 1 (like vllm:kv_cache_usage_perc).", _usage)
+        self.time_to_first_audio = histogram(
             "csm:time_to_first_audio_seconds", "Arrival of a request to its first audio chunk leaving.",
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self.inter_chunk_latency = Histogram(
+            _LATENCY_BUCKETS)
+        self.inter_chunk_latency = histogram(
             "csm:inter_chunk_latency_seconds", "Time between consecutive audio chunks of a stream.",
-            buckets=_LATENCY_BUCKETS, registry=r)
-        self.step_duration = Histogram(
-            "csm:engine_step_duration_seconds", "Duration of one engine step (all slots).",
-            buckets=_STEP_BUCKETS, registry=r)
+            _LATENCY_BUCKETS)
+        self.queue_time = histogram(
+            "csm:request_queue_time_seconds", "Arrival of a request to its admission into a slot.",
+            _REQUEST_BUCKETS)
+        self.e2e_latency = histogram(
+            "csm:e2e_request_latency_seconds", "Arrival of a request to its last byte leaving.", _REQUEST_BUCKETS)
+        self.real_time_factor = histogram(
+            "csm:request_real_time_factor",
+            "End-to-end time of a request / seconds of audio it produced (below 1: faster than real time).",
+            _RTF_BUCKETS)
+        self.prompt_positions = histogram(
+            "csm:request_prompt_positions",
+            "Backbone positions of a request's prompt (context segments and text; like vllm:request_prompt_tokens).",
+            _PROMPT_BUCKETS)
+        self.step_duration = histogram(
+            "csm:engine_step_duration_seconds", "Duration of one engine step (all slots).", _STEP_BUCKETS)
         self.frames_generated = Counter(
-            "csm:frames_generated", "80 ms audio frames generated.", registry=r)
+            "csm:frames_generated", "80 ms audio frames generated.", ["model_name"], registry=r).labels(**model)
         self.audio_seconds_generated = Counter(
-            "csm:audio_seconds_generated", "Seconds of audio generated.", registry=r)
-        self.request_success = Counter(
+            "csm:audio_seconds_generated", "Seconds of audio generated.", ["model_name"],
+            registry=r).labels(**model)
+        self.prompt_positions_total = Counter(
+            "csm:prompt_positions", "Prompt positions of finished requests (like vllm:prompt_tokens).",
+            ["model_name"], registry=r).labels(**model)
+        self._request_success = Counter(
             "csm:request_success", "Requests ended, by finish reason (eos, length, cancelled, error).",
-            ["finished_reason"], registry=r)
-        self.grpc_requests = Counter(
+            ["model_name", "finished_reason"], registry=r)
+        self._grpc_requests = Counter(
             "csm:grpc_requests", "gRPC calls handled, by method and final status code.",
-            ["method", "code"], registry=r)
+            ["model_name", "method", "code"], registry=r)
+        self._http_requests = Counter(
+            "csm:http_requests", "HTTP requests handled, by route and status code.",
+            ["model_name", "route", "status"], registry=r)
+        self._model = model
 
     def observe_step(self, step: StepStats) -> None:
         """Engine step observer (called on the engine thread)."""
@@ -61,17 +104,28 @@ class Metrics:
             self.audio_seconds_generated.inc(step.frames * FRAME_MS / 1000)
 
     def observe_finished(self, reason: FinishReason) -> None:
-        self.request_success.labels(finished_reason=reason.value).inc()
+        self._request_success.labels(**self._model, finished_reason=reason.value).inc()
+
+    def observe_request(self, finished: Finished, e2e_s: float, audio_s: float) -> None:
+        """A request that the engine finished (any reason), once its last byte has left."""
+        self.observe_finished(finished.reason)
+        self.queue_time.observe(finished.queue_s)
+        self.e2e_latency.observe(e2e_s)
+        if audio_s > 0:
+            self.real_time_factor.observe(e2e_s / audio_s)
+        self.prompt_positions.observe(finished.prompt_frames)
+        self.prompt_positions_total.inc(finished.prompt_frames)
 
     def observe_rpc(self, method: str, code: grpc.StatusCode) -> None:
-        self.grpc_requests.labels(method=method, code=code.name).inc()
+        self._grpc_requests.labels(**self._model, method=method, code=code.name).inc()
+
+    def observe_http(self, route: str, status: int) -> None:
+        self._http_requests.labels(**self._model, route=route, status=str(status)).inc()
+
+    def asgi_app(self):
+        """The /metrics endpoint as an ASGI app (served by server/app.py on the metrics port)."""
+        return make_asgi_app(self.registry)
 
 
 def _usage(stats: EngineStats) -> float:
     return stats.slots_in_use / stats.max_slots if stats.max_slots else 0.0
-
-
-def serve_metrics(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
-    """Serves /metrics over HTTP on a daemon thread; port 0 picks a free port (`server_port`)."""
-    server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server

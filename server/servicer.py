@@ -1,15 +1,15 @@
 """csm.v1.Speech: protobuf in, engine events out as protobuf. Thin and torch-free.
 
-Errors are raised as domain exceptions and mapped to statuses by server.errors. A call that
-ends early (client cancelled, deadline passed, server stopping the call) cancels its engine
-request, which frees the slot within one engine step. A request naming a voice gets the
-voice's stored codes at the start of its context (server/voices/synthesis.py).
+Errors are raised as domain exceptions and mapped to statuses by server.errors. The audio
+itself leaves through server/delivery.py, as it does over HTTP. A call that ends early
+(client cancelled, deadline passed, server stopping the call) cancels its engine request,
+which frees the slot within one engine step. A request naming a voice gets the voice's stored
+codes at the start of its context (server/voices/synthesis.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -21,25 +21,17 @@ import grpc
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc, wav
 from server.audio_encoding import make_encoder
+from server.delivery import AudioDelivery, Piece
 from server.engine.stream import RequestStream
 from server.engine.types import (
-    EngineInfo,
-    EngineStats,
-    EngineUnavailable,
-    Finished,
-    FinishReason,
-    InvalidRequest,
-    OutputEncoding,
-    SynthesisParams,
+    EngineInfo, EngineStats, EngineUnavailable, FinishReason, InvalidRequest, OutputEncoding, SynthesisParams,
 )
-from server.errors import ReaderTooSlow, SynthesisFailed, Unimplemented
+from server.errors import Unimplemented
 from server.metrics import Metrics
 from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
 from server.voices.registry import VoiceRegistry
 from server.voices.synthesis import blame_request_fields, with_voice
 from server.voices.types import Voice, VoiceNotFound
-
-log = logging.getLogger(__name__)
 
 FINISH_REASONS = {
     FinishReason.EOS: pb.FINISH_REASON_EOS,
@@ -59,36 +51,16 @@ class EngineClient(Protocol):
     def stats(self) -> EngineStats: ...
 
 
-class _Chunker:
-    """Numbers the chunks of one stream and keeps their sample positions contiguous."""
-
-    def __init__(self, sample_rate: int):
-        self.sample_rate = sample_rate
-        self.sequence = 0
-        self.emitted_samples = 0  # samples covered by chunks already sent
-        self.held_samples = 0  # samples handed to the encoder whose bytes have not come out yet
-
-    def add(self, data: bytes, num_samples: int) -> pb.AudioChunk | None:
-        self.held_samples += num_samples
-        if not data:
-            return None
-        ms_per_sample = 1000.0 / self.sample_rate
-        chunk = pb.AudioChunk(
-            sequence=self.sequence,
-            data=data,
-            start_sample=self.emitted_samples,
-            num_samples=self.held_samples,
-            start_ms=self.emitted_samples * ms_per_sample,
-            duration_ms=self.held_samples * ms_per_sample,
-        )
-        self.sequence += 1
-        self.emitted_samples += self.held_samples
-        self.held_samples = 0
-        return chunk
-
-    @property
-    def total_samples(self) -> int:
-        return self.emitted_samples + self.held_samples
+def _chunk(piece: Piece, sequence: int, start_sample: int, sample_rate: int) -> pb.AudioChunk:
+    ms_per_sample = 1000.0 / sample_rate
+    return pb.AudioChunk(
+        sequence=sequence,
+        data=piece.data,
+        start_sample=start_sample,
+        num_samples=piece.samples,
+        start_ms=start_sample * ms_per_sample,
+        duration_ms=piece.samples * ms_per_sample,
+    )
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
@@ -179,67 +151,29 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         params = replace(params, request_id=label)
         stream, voice = await self._submit(params, request.voice)  # every rule checked; decoding happens on the prep thread
         encoder = make_encoder(OutputEncoding(params.output_encoding), params.output_sample_rate)
-        finished: Finished | None = None
-
-        def cancel_unless_finished(_context=None) -> None:
-            if finished is None:
-                stream.cancel()
-
+        rate = params.output_sample_rate
+        delivery = AudioDelivery(stream, encoder, self._metrics, request_id=label, sample_rate=rate, arrival=arrival)
         # Runs when the call ends for any reason, even if this generator is never resumed.
-        context.add_done_callback(cancel_unless_finished)
-        chunker = _Chunker(params.output_sample_rate)
-        first_audio_s: float | None = None
-        last_chunk_at = arrival
+        context.add_done_callback(lambda _context: delivery.cancel())
+        sequence = start_sample = 0
         try:
-            async for event in stream:
-                if isinstance(event, Finished):
-                    finished = event
-                    continue
-                chunk = chunker.add(encoder.encode(event.pcm), len(event.pcm))
-                if chunk is None:
-                    continue
-                now = time.monotonic()
-                if first_audio_s is None:
-                    first_audio_s = now - arrival
-                    self._metrics.time_to_first_audio.observe(first_audio_s)
-                else:
-                    self._metrics.inter_chunk_latency.observe(now - last_chunk_at)
-                last_chunk_at = now
-                yield chunk
-        finally:
-            if finished is None:
-                log.info("request %r ended early (caller cancelled, deadline or error) after %d chunks",
-                         label, chunker.sequence)
-            self._metrics.observe_finished(finished.reason if finished else FinishReason.CANCELLED)
-            cancel_unless_finished()
-
-        if finished.reason is FinishReason.INVALID:
-            invalid = InvalidRequest(finished.violations)
-            raise invalid if voice is None else blame_request_fields(invalid, voice)
-        tail = chunker.add(encoder.flush(), 0)
-        if tail is not None:
-            yield tail
-        total_s = time.monotonic() - arrival
-        log.info(
-            "request %r: %s, %d frames, %.2f s audio, first audio %s, total %.0f ms",
-            label, finished.reason.value, finished.frames, chunker.total_samples / params.output_sample_rate,
-            f"{first_audio_s * 1000:.0f} ms" if first_audio_s is not None else "none", total_s * 1000)
-        if finished.reason is FinishReason.ERROR:
-            raise SynthesisFailed(f"synthesis failed inside the server: {finished.error} (request_id {label!r})")
-        if finished.reason is FinishReason.STALLED:
-            raise ReaderTooSlow(f"request {label!r} was stopped: {finished.error}; read the stream as it arrives")
-        if finished.reason is FinishReason.CANCELLED:  # only the server cancels a call still listening
-            raise EngineUnavailable(f"request {label!r} was stopped before it finished: {finished.error}; retry it")
+            async for piece in delivery.pieces():
+                yield _chunk(piece, sequence, start_sample, rate)
+                sequence += 1
+                start_sample += piece.samples
+        except InvalidRequest as invalid:  # found once decoded: name the request's own fields
+            raise invalid if voice is None else blame_request_fields(invalid, voice) from None
+        finished = delivery.finished
         yield pb.SynthesisResult(
             request_id=label,
             finish_reason=FINISH_REASONS[finished.reason],
             frames=finished.frames,
-            audio_samples=chunker.total_samples,
-            audio_ms=chunker.total_samples * 1000.0 / params.output_sample_rate,
-            sample_rate=params.output_sample_rate,
+            audio_samples=delivery.total_samples,
+            audio_ms=delivery.total_samples * 1000.0 / rate,
+            sample_rate=rate,
             queue_ms=finished.queue_s * 1000.0,
-            time_to_first_audio_ms=(first_audio_s or 0.0) * 1000.0,
-            total_ms=total_s * 1000.0,
+            time_to_first_audio_ms=(delivery.first_audio_s or 0.0) * 1000.0,
+            total_ms=(time.monotonic() - arrival) * 1000.0,
             watermarked=finished.watermarked,
             prompt_frames=finished.prompt_frames,
         )

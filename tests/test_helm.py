@@ -31,7 +31,7 @@ PINS = dict(
 TOOLS = Path(os.environ.get("CSM_TOOLS_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "csm-serve" / "tools")
 HELM = TOOLS / "bin" / "helm"
 OPTIONAL_KINDS = {"HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor",
-                  "Ingress", "GRPCRoute", "NetworkPolicy", "PersistentVolumeClaim"}
+                  "Ingress", "GRPCRoute", "HTTPRoute", "NetworkPolicy", "PersistentVolumeClaim"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,8 @@ def test_default_render_has_no_optional_objects(helm, tmp_path):
     ({"serviceMonitor": {"enabled": True}}, "ServiceMonitor"),
     ({"ingress": {"enabled": True, "hosts": ["tts.example.com"]}}, "Ingress"),
     ({"grpcRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}, "GRPCRoute"),
+    ({"httpRoute": {"enabled": True, "parentRefs": [{"name": "gw"}]}}, "HTTPRoute"),
+    ({"httpIngress": {"enabled": True, "hosts": ["tts.example.com"]}}, "Ingress"),
     ({"networkPolicy": {"enabled": True}}, "NetworkPolicy"),
     ({"modelCache": {"type": "pvc"}}, "PersistentVolumeClaim"),
     ({"voices": {"storage": "pvc"}}, "PersistentVolumeClaim"),
@@ -130,6 +132,48 @@ def test_default_render_has_no_optional_objects(helm, tmp_path):
 def test_optional_object_renders_only_when_enabled(helm, tmp_path, values, kind):
     kinds = {d["kind"] for d in render(helm, tmp_path, **values)}
     assert kinds & OPTIONAL_KINDS == {kind}
+
+
+@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+def test_http_api_has_a_container_and_service_port_while_probes_stay_grpc(helm, tmp_path, files):
+    docs = render(helm, tmp_path, *files)
+    container = server_container(docs)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert int(flag(container, "http-port")) == ports["http"] == 8000
+    service = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}["http"]
+    assert service["targetPort"] == "http" and service["appProtocol"] == "http"
+    off = server_container(render(helm, tmp_path, *files, service={"httpPort": 0}, httpRoute={"enabled": False}))
+    assert flag(off, "http-port") == "0" and "http" not in {p["name"] for p in off["ports"]}
+
+
+def test_routes_send_v1_to_the_http_port(helm, tmp_path):
+    docs = render(helm, tmp_path, ALL_ENABLED)
+    route = one(docs, "HTTPRoute")["spec"]["rules"][0]
+    assert route["matches"] == [{"path": {"type": "PathPrefix", "value": "/v1"}}]
+    assert route["backendRefs"] == [{"name": "csm-csm-serve", "port": 8000}]
+    path = one(docs, "Ingress", "csm-csm-serve-http")["spec"]["rules"][0]["http"]["paths"][0]
+    assert path["path"] == "/v1" and path["backend"]["service"]["port"] == {"name": "http"}
+    done = run_template(helm, tmp_path, httpRoute={"enabled": True, "parentRefs": [{"name": "gw"}]},
+                        service={"httpPort": 0})
+    assert done.returncode != 0 and "service.httpPort" in done.stderr
+
+
+def test_helm_test_pod_passes_the_production_network_policy(helm, tmp_path):
+    docs = render(helm, tmp_path, PRODUCTION)
+    test_pod = one(docs, "Pod", "csm-csm-serve-test-health")
+    labels = test_pod["metadata"]["labels"]
+    # Not one of the server's pods (Service, PDB and NetworkPolicy select those) ...
+    selector = one(docs, "Service")["spec"]["selector"]
+    assert not selector.items() <= labels.items()
+    # ... but admitted on every port it calls.
+    policy = one(docs, "NetworkPolicy")["spec"]
+    for rule in policy["ingress"]:
+        port = rule["ports"][0]["port"]
+        if port in ("grpc", "http"):
+            assert any(peer.get("podSelector", {}).get("matchLabels", {}).items() <= labels.items()
+                       and "namespaceSelector" not in peer for peer in rule["from"]), port
+    command = test_pod["spec"]["containers"][0]["command"]
+    assert command[-2] == "csm-csm-serve:50051" and command[-1] == "http://csm-csm-serve:8000/ready"
 
 
 def test_headless_service_only_when_enabled(helm, tmp_path):
@@ -262,6 +306,7 @@ def test_notes_tell_how_to_call_the_service(helm, tmp_path, files):
     text = render_notes(helm, tmp_path, *files)
     assert "grpcurl -plaintext" in text and "csm.v1.Speech/SynthesizeUnary" in text
     assert "csm-say " in text and "port-forward svc/csm-csm-serve 50051:50051" in text
+    assert "curl -sS http://localhost:8000/v1/audio/speech" in text and "port-forward svc/csm-csm-serve 8000:8000" in text
     assert ("$CSM_TOKEN" in text) == bool(files)
 
 

@@ -7,7 +7,8 @@ MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.csm_voice
            "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types",
            "server.engine.rules", "server.audio_encoding", "server.metrics", "server.auth", "server.errors",
            "server.cli", "server.voices.registry", "server.voices.store", "server.voices.servicer",
-           "server.voices.synthesis", "server.voices.wire"]
+           "server.voices.synthesis", "server.voices.wire", "server.http_api", "server.openai_speech",
+           "server.delivery", "server.listeners", "server.reflection", "server.tempo", "server.malformed"]
 
 
 def test_servicer_server_app_and_client_import_without_torch():

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             text, speaker=args.speaker, voice=args.voice, context=context, encoding=fmt,
             sample_rate=args.sample_rate, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
             max_audio_ms=args.max_audio_ms, timeout=args.timeout)
+        warn_if_random_weights(client)  # while the server starts on the stream
         first_bytes = b""
         written = 0
         try:
@@ -168,6 +169,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{result.frames} frames, ended by {_reason(result)}; first audio after {first}, "
         f"total {time.monotonic() - progress.start:.2f} s")
     return 0
+
+
+def warn_if_random_weights(client: SpeechClient) -> None:
+    """One line on standard error when the server's model has random weights (its audio is noise)."""
+    try:
+        info = client.model_info(timeout=10)
+    except grpc.RpcError:
+        return  # the stream reports what is wrong with the server
+    if info.random_weights:
+        print(f"csm-say: the server's model {info.model_source!r} has random weights: "
+              "its audio is noise, not speech", file=sys.stderr)
 
 
 def _reason(result: pb.SynthesisResult) -> str:

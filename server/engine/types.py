@@ -27,6 +27,9 @@ class OutputEncoding(enum.Enum):
     PCM_F32LE = "pcm_f32le"
     WAV = "wav"  # RIFF/WAVE, 16-bit PCM
     OGG_OPUS = "ogg_opus"
+    MP3 = "mp3"
+    AAC = "aac"  # raw AAC-LC in ADTS frames
+    FLAC = "flac"
 
 
 @dataclass(slots=True, frozen=True)

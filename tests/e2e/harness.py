@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import threading
 import time
@@ -18,7 +19,7 @@ class LoopbackServer:
         """`voices`: a VoiceRegistry to serve csm.v1.Voices with (None: no voices)."""
         self._engine = engine
         self._voices = voices
-        self._config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "metrics_port": 0, **config})
+        self._config = ServerConfig(**{"host": "127.0.0.1", "port": 0, "http_port": 0, "metrics_port": 0, **config})
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="loopback-grpc", daemon=True)
         self.server: SpeechServer | None = None
@@ -37,18 +38,30 @@ class LoopbackServer:
         """Runs a coroutine on the server's loop and returns its result."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
 
+    def run_in_background(self, coro) -> concurrent.futures.Future:
+        """Starts a coroutine on the server's loop; the future holds its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
 
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.http_port}"
+
     def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics: 'name{label="v",...}' (labels sorted) -> value."""
+        """Every sample of /metrics: 'name{label="v",...}' (labels sorted) -> value. Every csm:
+        series must carry the served model's name; it is checked here and left out of the keys."""
         url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         samples = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
-                labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+                labels = dict(s.labels)
+                if s.name.startswith("csm:"):
+                    assert labels.pop("model_name", None) == self.server.model_names[0], s
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
                 samples[f"{s.name}{{{labels}}}" if labels else s.name] = s.value
         return samples
 

@@ -42,11 +42,12 @@ def health_status(target: str, service: str = "csm.v1.Speech"):
 
 @pytest.fixture()
 def serve_process(tmp_path):
-    port, metrics_port = free_port(), free_port()
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "CSM_MODEL": "tiny", "CSM_DEVICE": "cpu", "CSM_DTYPE": "float32", "CSM_WATERMARK": "false",
-        "CSM_HOST": "127.0.0.1", "CSM_PORT": str(port), "CSM_METRICS_PORT": str(metrics_port),
+        "CSM_HOST": "127.0.0.1", "CSM_PORT": str(port), "CSM_HTTP_PORT": str(http_port),
+        "CSM_METRICS_PORT": str(metrics_port),
         "CSM_MAX_SLOTS": "2", "CSM_DRAIN_GRACE_S": "60", "CSM_LOG_FORMAT": "json",
     }
     log_path = tmp_path / "csm-serve.log"

@@ -34,6 +34,13 @@ app.kubernetes.io/component: server
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
+{{/* The `helm test` pod: not the server's selector labels (Service, PDB and NetworkPolicy
+select the server pods), but labels the NetworkPolicy admits. */}}
+{{- define "csm-serve.testLabels" -}}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: helm-test
+{{- end }}
+
 {{- define "csm-serve.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "csm-serve.fullname" .) .Values.serviceAccount.name }}
@@ -85,6 +92,7 @@ SIGTERM and the server's drain, then slack for the process to exit.
 - {{ printf "--max-queue=%v" $s.maxQueue | quote }}
 - "--host=0.0.0.0"
 - {{ printf "--port=%v" .Values.service.port | quote }}
+- {{ printf "--http-port=%v" .Values.service.httpPort | quote }}
 - {{ printf "--metrics-port=%v" .Values.service.metricsPort | quote }}
 - {{ printf "--drain-grace-s=%v" $s.drainGraceSeconds | quote }}
 - {{ printf "--log-format=%v" $s.logFormat | quote }}
@@ -131,6 +139,9 @@ SIGTERM and the server's drain, then slack for the process to exit.
 {{- $cache := .Values.modelCache }}
 {{- if and (eq .Values.voices.storage "modelCache") (eq $cache.type "pvc") (eq (without $cache.pvc.accessModes "ReadOnlyMany" | len) 0) }}
 {{- fail "voices.storage=modelCache needs a writable model cache, and this claim is ReadOnlyMany: set voices.storage=pvc" }}
+{{- end }}
+{{- if and (or .Values.httpIngress.enabled .Values.httpRoute.enabled) (eq (int .Values.service.httpPort) 0) }}
+{{- fail "httpIngress and httpRoute route to the HTTP API: set service.httpPort (0 turns the API off)" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be at least autoscaling.minReplicas" }}

@@ -1,0 +1,254 @@
+"""OpenAI-compatible HTTP API beside csm.v1: the same engine, the same tokens, the same errors.
+
+    POST /v1/audio/speech    OpenAI's speech request (server/openai_speech.py); the body streams
+                             the audio as it is generated (stream_format "audio"), or as
+                             server-sent events (stream_format "sse")
+    GET  /v1/models[/{id}]   the served model names
+    GET  /health             200 while the process is up (liveness)
+    GET  /ready              200 once the engine has warmed up, 503 before that and while draining
+
+A Starlette app, served by uvicorn on the gRPC server's event loop (server/app.py). Response
+headers leave with the first audio, not before: a request that fails before it has any audio
+still gets its HTTP status. Errors are server/errors.py's Failures in OpenAI's JSON shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from csm_core.constants import SAMPLE_RATE
+from server.audio_encoding import make_encoder
+from server.auth import BearerTokens
+from server.delivery import AudioDelivery, Piece
+from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull, Violation
+from server.errors import Failure, NotFound, RequestTooLarge, SynthesisFailed, Unauthenticated, describe
+from server.metrics import Metrics
+from server.openai_speech import in_api_terms, parse_speech_request
+from server.servicer import EngineClient
+from server.tempo import with_speed
+
+MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
+OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
+# OpenAI's error `type` and `code` for each HTTP status.
+_ERROR_KINDS = {
+    400: ("invalid_request_error", None),
+    401: ("invalid_request_error", "invalid_api_key"),
+    404: ("invalid_request_error", "model_not_found"),
+    413: ("invalid_request_error", "request_too_large"),
+    429: ("rate_limit_error", "rate_limit_exceeded"),
+    500: ("server_error", "internal_error"),
+    503: ("server_error", "service_unavailable"),
+}
+_DOMAIN_ERRORS = (InvalidRequest, NotFound, RequestTooLarge, QueueFull, EngineUnavailable, SynthesisFailed,
+                  Unauthenticated)
+
+
+def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    kind, default_code = _ERROR_KINDS.get(status, ("invalid_request_error" if status < 500 else "server_error", None))
+    return {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
+
+
+def failure_response(failure: Failure) -> JSONResponse:
+    param = failure.violations[0].field if failure.violations else None
+    headers = {}
+    if failure.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after_s)))  # whole seconds, as HTTP wants
+        headers["retry-after-ms"] = str(round(failure.retry_after_s * 1000))  # read by OpenAI's SDKs
+    return JSONResponse(error_body(failure.http_status, failure.message, param), failure.http_status, headers)
+
+
+class HttpApi:
+    def __init__(self, engine: EngineClient, metrics: Metrics, model_names: tuple[str, ...],
+                 tokens: BearerTokens | None = None):
+        if not model_names:
+            raise ValueError("the HTTP API needs at least one served model name")
+        self._engine = engine
+        self._metrics = metrics
+        self.model_names = model_names
+        self._accepting = True
+        self._created = int(time.time())
+        routes = [
+            Route("/v1/audio/speech", self.speech, methods=["POST"]),
+            Route("/v1/models", self.models, methods=["GET"]),
+            Route("/v1/models/{model:path}", self.model, methods=["GET"]),
+            Route("/health", self.health, methods=["GET"]),
+            Route("/ready", self.ready, methods=["GET"]),
+        ]
+        handlers = {kind: self._domain_error for kind in _DOMAIN_ERRORS}
+        handlers[HTTPException] = self._http_error
+        handlers[Exception] = self._unexpected_error
+        app = Starlette(routes=routes, exception_handlers=handlers)
+        self.app: ASGIApp = _Gate(app, routes, metrics, tokens)
+
+    def stop_accepting(self) -> None:
+        """New speech requests get 503 and /ready says draining (the server is shutting down)."""
+        self._accepting = False
+
+    # -- routes ---------------------------------------------------------------------------
+    async def speech(self, request: Request) -> Response:
+        arrival = time.monotonic()
+        body = await _read_json(request)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        speech = parse_speech_request(body, models=self.model_names, request_id=request_id,
+                                      max_speaker_id=self._engine.info().limits.max_speaker_id)
+        if not self._accepting:
+            raise EngineUnavailable("the server is shutting down: send the request to another replica")
+        try:
+            stream = self._engine.submit(speech.params)
+        except InvalidRequest as exc:
+            raise in_api_terms(exc) from None
+        encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
+        delivery = AudioDelivery(stream, encoder, self._metrics, request_id=request_id, sample_rate=SAMPLE_RATE,
+                                 arrival=arrival)
+        pieces = delivery.pieces()
+        # The status line waits for the first audio, so a failure before it is still an HTTP error.
+        first = await anext(pieces, None)
+        # x-accel-buffering: nginx (ingress-nginx included) passes the audio on as it comes.
+        headers = {"x-request-id": request_id, "x-accel-buffering": "no"}
+        if speech.stream_format == "sse":
+            return StreamingResponse(_sse(first, pieces, delivery), media_type="text/event-stream",
+                                     headers={**headers, "cache-control": "no-cache"})
+        return StreamingResponse(_audio(first, pieces), media_type=speech.response_format.media_type,
+                                 headers=headers)
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in self.model_names:
+            raise NotFound(f"the model `{name}` does not exist on this server; it serves {', '.join(self.model_names)}")
+        return JSONResponse(self._model_card(name))
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        if not self._accepting:
+            return JSONResponse({"status": "draining"}, 503)
+        if not self._engine.ready:
+            return JSONResponse({"status": "warming up"}, 503)
+        return JSONResponse({"status": "ready"})
+
+    def _model_card(self, name: str) -> dict:
+        return {"id": name, "object": "model", "created": self._created, "owned_by": "csm-serve",
+                "root": self._engine.info().model_source}
+
+    # -- errors ---------------------------------------------------------------------------
+    async def _domain_error(self, request: Request, exc: Exception) -> Response:
+        return failure_response(describe(exc))
+
+    async def _http_error(self, request: Request, exc: HTTPException) -> Response:
+        """No such route (404) or method (405), worded as OpenAI words it."""
+        message = (f"Invalid URL ({request.method} {request.url.path}): this server serves "
+                   "POST /v1/audio/speech, GET /v1/models, GET /health and GET /ready")
+        body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
+        return JSONResponse(body, exc.status_code, headers=exc.headers)
+
+    async def _unexpected_error(self, request: Request, exc: Exception) -> Response:
+        """A bug: Starlette re-raises it after this response, so uvicorn logs the traceback."""
+        return JSONResponse(error_body(500, "internal error; the server log has the cause"), 500)
+
+
+async def _read_json(request: Request):
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
+        raise RequestTooLarge(f"the request body is {declared} bytes; this server accepts at most {MAX_BODY_BYTES}")
+    body = bytearray()
+    async for part in request.stream():
+        body += part
+        if len(body) > MAX_BODY_BYTES:
+            raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest([Violation("body", f"is not valid JSON: {exc}")]) from None
+
+
+async def _audio(first: Piece | None, pieces: AsyncIterator[Piece]) -> AsyncIterator[bytes]:
+    """The encoded audio as the response body. A failure after the headers have left can only
+    cut the connection, so that the client sees an incomplete body rather than a short file."""
+    try:
+        if first is not None:
+            yield first.data
+        async for piece in pieces:
+            yield piece.data
+    finally:
+        await pieces.aclose()
+
+
+async def _sse(first: Piece | None, pieces: AsyncIterator[Piece], delivery: AudioDelivery) -> AsyncIterator[bytes]:
+    """OpenAI's speech events: `speech.audio.delta` with base64 audio, then `speech.audio.done`
+    with usage (input tokens: prompt positions; output tokens: generated 80 ms frames)."""
+    try:
+        if first is not None:
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(first.data).decode()})
+        async for piece in pieces:
+            yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(piece.data).decode()})
+    except _DOMAIN_ERRORS as exc:
+        failure = describe(exc)
+        yield _event({"type": "error", **error_body(failure.http_status, failure.message)})
+        return
+    finally:
+        await pieces.aclose()
+    finished = delivery.finished
+    usage = {"input_tokens": finished.prompt_frames, "output_tokens": finished.frames,
+             "total_tokens": finished.prompt_frames + finished.frames}
+    yield _event({"type": "speech.audio.done", "usage": usage})
+
+
+def _event(data: dict) -> bytes:
+    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class _Gate:
+    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS) and
+    counts every response by route template and status."""
+
+    def __init__(self, app: ASGIApp, routes: list[Route], metrics: Metrics, tokens: BearerTokens | None):
+        self._app = app
+        self._routes = routes
+        self._metrics = metrics
+        self._tokens = tokens
+
+    def _route(self, scope: Scope) -> str:
+        for route in self._routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return route.path
+        return "unmatched"  # one label for every unknown path: no unbounded label values
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        status = 500  # what the client sees if the app fails before starting a response
+
+        async def counted_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            problem = None
+            if self._tokens is not None and scope["path"] not in OPEN_PATHS:
+                problem = self._tokens.problem(Request(scope).headers.get("authorization"))
+            if problem is None:
+                await self._app(scope, receive, counted_send)
+            else:
+                await failure_response(describe(Unauthenticated(problem)))(scope, receive, counted_send)
+        finally:
+            self._metrics.observe_http(self._route(scope), status)

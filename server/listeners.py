@@ -1,0 +1,78 @@
+"""The server's ports, claimed before the model loads: a taken port fails in a second, by name.
+
+The HTTP and metrics ports are bound here and the sockets handed to their servers. The gRPC
+port is bound by gRPC itself, without SO_REUSEPORT (gRPC's default would let a second server
+share the port and silently take half the connections); it is tried here first so that a
+taken gRPC port also fails before the model loads.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from dataclasses import dataclass
+
+# Flag (and environment variable) of each port, for messages that say what to change.
+FLAGS = {"port": "--port (CSM_PORT)", "http_port": "--http-port (CSM_HTTP_PORT)",
+         "metrics_port": "--metrics-port (CSM_METRICS_PORT)"}
+
+
+class PortUnavailable(OSError):
+    """A port the configuration names cannot be listened on."""
+
+
+def port_error(name: str, host: str, port: int, cause: OSError) -> PortUnavailable:
+    flag = FLAGS[name]
+    if cause.errno in (errno.EADDRINUSE, None):  # gRPC's bind failure carries no errno
+        why = ("the address is already in use (another csm-serve, or another program, listens there; "
+               "csm-serve never shares a port: SO_REUSEPORT is off)")
+    else:
+        why = cause.strerror or str(cause)
+    off = ", or 0 to turn it off" if name != "port" else ""
+    return PortUnavailable(f"cannot listen on {host}:{port} for {flag}: {why}. Choose another {flag.split()[0]}{off}.")
+
+
+def bind(name: str, host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port), or PortUnavailable."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        sock = socket.create_server((host, port), family=family, reuse_port=False,
+                                    dualstack_ipv6=family == socket.AF_INET6 and host in ("::", ""))
+    except OSError as exc:
+        raise port_error(name, host, port, exc) from exc
+    sock.setblocking(False)
+    return sock
+
+
+def check_free(name: str, host: str, port: int) -> None:
+    """Raises PortUnavailable when host:port cannot be listened on right now (port 0 always can)."""
+    if port != 0:
+        bind(name, host, port).close()
+
+
+@dataclass(slots=True)
+class Listeners:
+    """Sockets bound ahead of the servers that will use them; None where that server is off."""
+
+    http: socket.socket | None = None
+    metrics: socket.socket | None = None
+
+    @classmethod
+    def claim(cls, host: str, grpc_port: int, http_port: int | None, metrics_port: int | None) -> Listeners:
+        check_free("port", host, grpc_port)
+        listeners = cls()
+        try:
+            if http_port is not None:
+                listeners.http = bind("http_port", host, http_port)
+            if metrics_port is not None:
+                listeners.metrics = bind("metrics_port", host, metrics_port)
+        except PortUnavailable:
+            listeners.close()
+            raise
+        return listeners
+
+    def close(self) -> None:
+        for sock in (self.http, self.metrics):
+            if sock is not None:
+                sock.close()
+        self.http = self.metrics = None

@@ -1,0 +1,148 @@
+"""OpenAI's `POST /v1/audio/speech` request, read into what the engine takes. Torch-free.
+
+The request shape is OpenAI's (model, input, voice, response_format, speed, instructions,
+stream_format). Like vLLM's OpenAI server, a few extra fields a client can send through its
+SDK's `extra_body` reach CSM's own sampling: seed, temperature, top_k, max_audio_ms. Fields
+this server does not know are ignored, as clients written for other servers send their own.
+Every problem with the request is reported at once, each with the field it is about.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
+from server.audio_encoding import OutputEncoding
+from server.engine.types import InvalidRequest, SynthesisParams, Violation
+from server.errors import NotFound
+from server.tempo import MAX_SPEED, MIN_SPEED
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    encoding: OutputEncoding
+    media_type: str
+
+
+# OpenAI's response formats, all at 24 kHz mono like OpenAI's. pcm is raw 16-bit little-endian.
+RESPONSE_FORMATS = {
+    "mp3": ResponseFormat(OutputEncoding.MP3, "audio/mpeg"),
+    "opus": ResponseFormat(OutputEncoding.OGG_OPUS, "audio/ogg; codecs=opus"),
+    "aac": ResponseFormat(OutputEncoding.AAC, "audio/aac"),
+    "flac": ResponseFormat(OutputEncoding.FLAC, "audio/flac"),
+    "wav": ResponseFormat(OutputEncoding.WAV, "audio/wav"),
+    "pcm": ResponseFormat(OutputEncoding.PCM_S16LE, "audio/pcm"),
+}
+DEFAULT_RESPONSE_FORMAT = "mp3"  # OpenAI's default
+STREAM_FORMATS = ("audio", "sse")
+# OpenAI's model names for speech: accepted (and listed) by default, so clients that hard-code
+# one work unchanged. --served-model-name replaces the whole list.
+OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
+# OpenAI's built-in voices. CSM has no fixed voices: a speaker id is a role in the conversation
+# and the voice comes from the context and the seed. These names speak as speaker 0, so that
+# clients that default to one of them work unchanged.
+OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
+                 "shimmer", "verse")
+# Engine field paths (shared with csm.v1) as this API names them.
+ENGINE_FIELDS = {"text": "input", "speaker": "voice", "sampling.temperature": "temperature",
+                 "sampling.top_k": "top_k", "sampling.seed": "seed", "max_audio_ms": "max_audio_ms"}
+
+
+def resolve_voice(voice: str, max_speaker_id: int) -> int | None:
+    """The speaker a `voice` speaks as: "0".."max_speaker_id", or one of OPENAI_VOICES (speaker 0).
+    None when the name is unknown. Registered voices will be looked up here first."""
+    if voice.isdecimal() and int(voice) <= max_speaker_id:
+        return int(voice)
+    if voice.lower() in OPENAI_VOICES:
+        return 0
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class SpeechRequest:
+    params: SynthesisParams
+    response_format: ResponseFormat
+    speed: float
+    stream_format: str  # "audio" or "sse"
+
+
+def parse_speech_request(body: Any, *, models: tuple[str, ...], max_speaker_id: int,
+                         request_id: str) -> SpeechRequest:
+    """Raises NotFound for a model this server does not serve, InvalidRequest listing every
+    other problem at once. Text length, sampling ranges and max_audio_ms are the engine's
+    to check when the request is submitted."""
+    if not isinstance(body, dict):
+        raise InvalidRequest([Violation("body", "must be a JSON object")])
+    violations: list[Violation] = []
+
+    def field(name: str, types: type | tuple[type, ...], expected: str, default: Any = None,
+              required: bool = False) -> Any:
+        """The value of `name` if it has one of `types`, else `default` (JSON booleans never pass as numbers)."""
+        value = body.get(name)
+        if value is None:
+            if required:
+                violations.append(Violation(name, "is required"))
+            return default
+        if not isinstance(value, types) or isinstance(value, bool):
+            violations.append(Violation(name, f"must be {expected}, got {json_type(value)}"))
+            return default
+        return value
+
+    number = (int, float)
+    model = field("model", str, "a string", required=True)
+    text = field("input", str, "a string", required=True)
+    voice = field("voice", (str, dict), "a string or an object with an `id`", required=True)
+    response_format = field("response_format", str, "a string", DEFAULT_RESPONSE_FORMAT)
+    speed = field("speed", number, "a number", 1.0)
+    field("instructions", str, "a string")  # accepted and ignored: CSM takes no style prompt
+    stream_format = field("stream_format", str, "a string", "audio")
+    seed = field("seed", int, "an integer")
+    temperature = field("temperature", number, "a number", DEFAULT_TEMPERATURE)
+    top_k = field("top_k", int, "an integer", DEFAULT_TOP_K)
+    max_audio_ms = field("max_audio_ms", int, "an integer")
+
+    if model is not None and model not in models:
+        raise NotFound(f"the model `{model}` does not exist on this server; it serves {', '.join(models)}")
+    if text is not None and not text.strip():
+        violations.append(Violation("input", "must not be empty"))
+    speaker = 0
+    if isinstance(voice, dict):
+        voice = voice.get("id")
+        if not isinstance(voice, str):
+            violations.append(Violation("voice.id", "must be a string"))
+    if isinstance(voice, str):
+        resolved = resolve_voice(voice, max_speaker_id)
+        if resolved is None:
+            violations.append(Violation("voice", f"unknown voice {voice!r}: use a speaker id 0..{max_speaker_id} "
+                                                 f"or one of {', '.join(OPENAI_VOICES)} (speaker 0)"))
+        else:
+            speaker = resolved
+    if response_format not in RESPONSE_FORMATS:
+        violations.append(Violation("response_format", f"{response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}"))
+    if not (MIN_SPEED <= speed <= MAX_SPEED) or math.isnan(speed):
+        violations.append(Violation("speed", f"{speed} is outside {MIN_SPEED}..{MAX_SPEED}"))
+    if stream_format not in STREAM_FORMATS:
+        violations.append(Violation("stream_format", f"{stream_format!r} is not one of {', '.join(STREAM_FORMATS)}"))
+    if seed is not None and not 0 <= seed < 2**64:
+        violations.append(Violation("seed", "must be in 0..2^64-1"))
+    if max_audio_ms is not None and max_audio_ms <= 0:
+        violations.append(Violation("max_audio_ms", "must be positive"))
+    if violations:
+        raise InvalidRequest(violations)
+
+    params = SynthesisParams(text=text, speaker=speaker, temperature=float(temperature), top_k=top_k, seed=seed,
+                             max_audio_ms=max_audio_ms, output_encoding=RESPONSE_FORMATS[response_format].encoding.value,
+                             output_sample_rate=SAMPLE_RATE, request_id=request_id)
+    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format)
+
+
+def in_api_terms(exc: InvalidRequest) -> InvalidRequest:
+    """The engine's violations with this API's field names (`text` is `input`, `speaker` is `voice`)."""
+    return InvalidRequest([Violation(ENGINE_FIELDS.get(v.field, v.field), v.description) for v in exc.violations])
+
+
+def json_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", str: "a string", list: "an array",
+            dict: "an object"}.get(type(value), type(value).__name__)

@@ -1,0 +1,64 @@
+"""OpenAI's speech request read into engine parameters: pure functions, no server."""
+
+import pytest
+
+from server.audio_encoding import OutputEncoding
+from server.engine.types import InvalidRequest, Violation
+from server.errors import NotFound
+from server.openai_speech import OPENAI_VOICES, in_api_terms, parse_speech_request, resolve_voice
+
+MODELS = ("csm-1b", "tts-1")
+
+
+def parse(**body):
+    return parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0", **body}, models=MODELS,
+                                max_speaker_id=3, request_id="r1")
+
+
+def test_defaults_are_openais():
+    request = parse()
+    assert request.response_format.encoding is OutputEncoding.MP3 and request.speed == 1.0
+    assert request.stream_format == "audio"
+    assert (request.params.text, request.params.speaker, request.params.request_id) == ("Hi.", 0, "r1")
+    assert request.params.output_sample_rate == 24_000
+
+
+def test_voices_resolve_to_speakers():
+    assert [resolve_voice(v, 3) for v in ("0", "3", "4", "alloy", "Nova", "x", "-1")] == [0, 3, None, 0, 0, None, None]
+    assert set(OPENAI_VOICES) >= {"alloy", "echo", "shimmer"}
+    assert parse(voice={"id": "2"}).params.speaker == 2
+
+
+def test_extra_fields_reach_the_engine_and_unknown_ones_are_ignored():
+    request = parse(seed=7, temperature=0.5, top_k=20, max_audio_ms=3000, speed=1.5, stream_format="sse",
+                    instructions="Whisper.", stream=True, response_format="flac")
+    params = request.params
+    assert (params.seed, params.temperature, params.top_k, params.max_audio_ms) == (7, 0.5, 20, 3000)
+    assert request.speed == 1.5 and request.stream_format == "sse"
+    assert request.response_format.encoding is OutputEncoding.FLAC
+
+
+def test_every_violation_is_listed_once():
+    with pytest.raises(InvalidRequest) as refused:
+        parse_speech_request({"model": "tts-1", "voice": True, "speed": "fast", "response_format": "ogg",
+                              "seed": -1, "max_audio_ms": 0}, models=MODELS, max_speaker_id=1, request_id="r")
+    fields = [v.field for v in refused.value.violations]
+    assert fields == ["input", "voice", "speed", "response_format", "seed", "max_audio_ms"]
+
+
+@pytest.mark.parametrize("speed", [0.2, 4.5, float("nan")])
+def test_speed_range(speed):
+    with pytest.raises(InvalidRequest, match="speed"):
+        parse(speed=speed)
+
+
+def test_unknown_model_is_not_found_and_a_non_object_body_is_invalid():
+    with pytest.raises(NotFound, match="gpt-9"):
+        parse(model="gpt-9")
+    with pytest.raises(InvalidRequest, match="JSON object"):
+        parse_speech_request([1], models=MODELS, max_speaker_id=1, request_id="r")
+
+
+def test_engine_field_paths_are_renamed_for_this_api():
+    renamed = in_api_terms(InvalidRequest([Violation("text", "too long"), Violation("sampling.top_k", "0")]))
+    assert [v.field for v in renamed.violations] == ["input", "top_k"]
