@@ -102,7 +102,7 @@ class HttpApi:
         body = await _read_json(request)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         speech = parse_speech_request(body, models=self.model_names, request_id=request_id,
-                                      max_speaker_id=self._engine.info().limits.max_speaker_id)
+                                      limits=self._engine.info().limits)
         if not self._accepting:
             raise EngineUnavailable("the server is shutting down: send the request to another replica")
         try:

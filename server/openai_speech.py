@@ -15,7 +15,8 @@ from typing import Any
 
 from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
 from server.audio_encoding import OutputEncoding
-from server.engine.types import InvalidRequest, SynthesisParams, Violation
+from server.engine import rules
+from server.engine.types import EngineLimits, InvalidRequest, SynthesisParams, Violation
 from server.errors import NotFound
 from server.tempo import MAX_SPEED, MIN_SPEED
 
@@ -47,7 +48,8 @@ OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "m
                  "shimmer", "verse")
 # Engine field paths (shared with csm.v1) as this API names them.
 ENGINE_FIELDS = {"text": "input", "speaker": "voice", "sampling.temperature": "temperature",
-                 "sampling.top_k": "top_k", "sampling.seed": "seed", "max_audio_ms": "max_audio_ms"}
+                 "sampling.top_k": "top_k", "sampling.seed": "seed", "max_audio_ms": "max_audio_ms",
+                 "request_id": "x-request-id"}
 
 
 def resolve_voice(voice: str, max_speaker_id: int) -> int | None:
@@ -68,11 +70,12 @@ class SpeechRequest:
     stream_format: str  # "audio" or "sse"
 
 
-def parse_speech_request(body: Any, *, models: tuple[str, ...], max_speaker_id: int,
+def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits,
                          request_id: str) -> SpeechRequest:
     """Raises NotFound for a model this server does not serve, InvalidRequest listing every
-    other problem at once. Text length, sampling ranges and max_audio_ms are the engine's
-    to check when the request is submitted."""
+    other problem at once: this API's own fields, and the engine's rules (text length,
+    sampling ranges, max_audio_ms: server/engine/rules.py) named as this API names them."""
+    max_speaker_id = limits.max_speaker_id
     if not isinstance(body, dict):
         raise InvalidRequest([Violation("body", "must be a JSON object")])
     violations: list[Violation] = []
@@ -129,12 +132,16 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], max_speaker_id: 
         violations.append(Violation("seed", "must be in 0..2^64-1"))
     if max_audio_ms is not None and max_audio_ms <= 0:
         violations.append(Violation("max_audio_ms", "must be positive"))
+
+    encoding = RESPONSE_FORMATS.get(response_format, RESPONSE_FORMATS[DEFAULT_RESPONSE_FORMAT]).encoding
+    params = SynthesisParams(text=text or "", speaker=speaker, temperature=float(temperature), top_k=top_k, seed=seed,
+                             max_audio_ms=max_audio_ms if max_audio_ms and max_audio_ms > 0 else None,
+                             output_encoding=encoding.value, output_sample_rate=SAMPLE_RATE, request_id=request_id)
+    named = {v.field for v in violations}
+    violations += [v for v in in_api_terms(InvalidRequest(rules.check(params, limits))).violations
+                   if v.field not in named]
     if violations:
         raise InvalidRequest(violations)
-
-    params = SynthesisParams(text=text, speaker=speaker, temperature=float(temperature), top_k=top_k, seed=seed,
-                             max_audio_ms=max_audio_ms, output_encoding=RESPONSE_FORMATS[response_format].encoding.value,
-                             output_sample_rate=SAMPLE_RATE, request_id=request_id)
     return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format)
 
 

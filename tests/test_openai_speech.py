@@ -1,18 +1,24 @@
 """OpenAI's speech request read into engine parameters: pure functions, no server."""
 
+from dataclasses import replace
+
 import pytest
 
 from server.audio_encoding import OutputEncoding
-from server.engine.types import InvalidRequest, Violation
+from server.engine.types import EngineLimits, InvalidRequest, Violation
 from server.errors import NotFound
 from server.openai_speech import OPENAI_VOICES, in_api_terms, parse_speech_request, resolve_voice
 
 MODELS = ("csm-1b", "tts-1")
+LIMITS = EngineLimits(max_slots=4, max_queue=8, max_seq_len=512, max_text_chars=100, max_context_segments=2,
+                      max_speaker_id=3, max_audio_ms=10_000, default_max_audio_ms=4_000, max_context_audio_s=5.0,
+                      max_request_id_chars=16)
+ONE_SPEAKER = replace(LIMITS, max_speaker_id=1)
 
 
 def parse(**body):
     return parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0", **body}, models=MODELS,
-                                max_speaker_id=3, request_id="r1")
+                                limits=LIMITS, request_id="r1")
 
 
 def test_defaults_are_openais():
@@ -41,7 +47,7 @@ def test_extra_fields_reach_the_engine_and_unknown_ones_are_ignored():
 def test_every_violation_is_listed_once():
     with pytest.raises(InvalidRequest) as refused:
         parse_speech_request({"model": "tts-1", "voice": True, "speed": "fast", "response_format": "ogg",
-                              "seed": -1, "max_audio_ms": 0}, models=MODELS, max_speaker_id=1, request_id="r")
+                              "seed": -1, "max_audio_ms": 0}, models=MODELS, limits=ONE_SPEAKER, request_id="r")
     fields = [v.field for v in refused.value.violations]
     assert fields == ["input", "voice", "speed", "response_format", "seed", "max_audio_ms"]
 
@@ -56,7 +62,18 @@ def test_unknown_model_is_not_found_and_a_non_object_body_is_invalid():
     with pytest.raises(NotFound, match="gpt-9"):
         parse(model="gpt-9")
     with pytest.raises(InvalidRequest, match="JSON object"):
-        parse_speech_request([1], models=MODELS, max_speaker_id=1, request_id="r")
+        parse_speech_request([1], models=MODELS, limits=ONE_SPEAKER, request_id="r")
+
+
+def test_the_engines_rules_come_back_with_this_apis_own_violations():
+    with pytest.raises(InvalidRequest) as refused:
+        parse(input="x" * 101, top_k=0, speed=9.0, temperature=7.0, max_audio_ms=20_000)
+    fields = {v.field: v.description for v in refused.value.violations}
+    assert set(fields) == {"speed", "input", "temperature", "top_k", "max_audio_ms"}
+    assert "at most 100" in fields["input"]
+    with pytest.raises(InvalidRequest, match="x-request-id"):
+        parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0"}, models=MODELS, limits=LIMITS,
+                             request_id="r" * 17)
 
 
 def test_engine_field_paths_are_renamed_for_this_api():
