@@ -293,8 +293,12 @@ type Sampling struct {
 	Temperature *float32 `protobuf:"fixed32,1,opt,name=temperature,proto3,oneof" json:"temperature,omitempty"`
 	// Sample among the k most likely codes, in [1, 2051]. 1 means greedy. Unset: 50.
 	TopK *uint32 `protobuf:"varint,2,opt,name=top_k,json=topK,proto3,oneof" json:"top_k,omitempty"`
-	// Seed of this request's own random generator. A seeded request gives the same audio
-	// whatever else the server is doing (same model, device and dtype). Unset: random.
+	// Seed of this request's own random generator. Unset: random. With the same model, device,
+	// dtype and request, a seed repeats exactly the generated frames (Mimi codes), whatever
+	// else the server is doing; the audio decoded from them repeats to within floating-point
+	// rounding (streams are decoded in batches that differ with the load), with or without the
+	// watermark: far below one step of 16-bit PCM, so PCM_S16LE output may differ by one step
+	// at most, where a sample falls on a rounding boundary.
 	Seed          *uint64 `protobuf:"varint,3,opt,name=seed,proto3,oneof" json:"seed,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
