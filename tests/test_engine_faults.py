@@ -17,9 +17,9 @@ from csm_core.constants import FRAME_SAMPLES, NUM_CODEBOOKS
 from csm_core.text import load_tokenizer
 from server.engine.config import EngineConfig
 from server.engine.engine import build
-from server.engine.parts import EngineParts, ModelCard
+from server.engine.parts import EngineParts
 from server.engine.runner import StepResult
-from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, SynthesisParams
+from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, ModelCard, SynthesisParams
 
 SLOTS = 4
 BAD_CONTEXT_SAMPLES = 12_345  # the fake Mimi refuses to encode a wave of this length

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
@@ -21,24 +21,9 @@ from csm_core.text import TextTokenizer, load_tokenizer
 from csm_core.watermark import Watermarker
 from server.engine.config import EngineConfig
 from server.engine.runner import ModelRunner
-from server.engine.types import EngineInfo, EngineLimits
+from server.engine.types import EngineInfo, EngineLimits, ModelCard
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, slots=True)
-class ModelCard:
-    """What the engine reports about its model (GetModelInfo)."""
-
-    source: str
-    preset: str
-    random_weights: bool
-    device: str
-    dtype: str
-    backbone_layers: int
-    backbone_dim: int
-    decoder_layers: int
-    decoder_dim: int
 
 
 @dataclass(slots=True)
@@ -77,7 +62,7 @@ def load_parts(config: EngineConfig) -> EngineParts:
     backbone, decoder = lm.config.backbone, lm.config.decoder
     max_seq = min(config.max_seq_len or backbone.max_seq_len, backbone.max_seq_len)
     card = ModelCard(
-        source=config.model, preset=lm.preset, random_weights=lm.random_weights, device=str(device),
+        model_source=config.model, preset=lm.preset, random_weights=lm.random_weights, device=str(device),
         dtype=str(next(model.parameters()).dtype).replace("torch.", ""),
         backbone_layers=backbone.num_layers, backbone_dim=backbone.embed_dim,
         decoder_layers=decoder.num_layers, decoder_dim=decoder.embed_dim,
@@ -96,13 +81,9 @@ def engine_info(config: EngineConfig, parts: EngineParts) -> EngineInfo:
         default_max_audio_ms=config.default_max_audio_ms, max_context_audio_s=config.max_context_audio_s,
         max_request_id_chars=config.max_request_id_chars,
     )
-    c = parts.card
-    return EngineInfo(
-        model_source=c.source, preset=c.preset, random_weights=c.random_weights, device=c.device, dtype=c.dtype,
-        backbone_layers=c.backbone_layers, backbone_dim=c.backbone_dim, decoder_layers=c.decoder_layers,
-        decoder_dim=c.decoder_dim, num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
-        frame_samples=FRAME_SAMPLES, watermark_enabled=parts.watermarker is not None, limits=limits,
-    )
+    card = {f.name: getattr(parts.card, f.name) for f in fields(ModelCard)}
+    return EngineInfo(**card, num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
+                      frame_samples=FRAME_SAMPLES, watermark_enabled=parts.watermarker is not None, limits=limits)
 
 
 @dataclass(frozen=True, slots=True)

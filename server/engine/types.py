@@ -143,7 +143,9 @@ class EngineLimits:
 
 
 @dataclass(slots=True, frozen=True)
-class EngineInfo:
+class ModelCard:
+    """What the engine reports about its model."""
+
     model_source: str
     preset: str  # "csm-1b" | "bench" | "tiny" | "custom"
     random_weights: bool
@@ -153,6 +155,12 @@ class EngineInfo:
     backbone_dim: int
     decoder_layers: int
     decoder_dim: int
+
+
+@dataclass(slots=True, frozen=True)
+class EngineInfo(ModelCard):
+    """The model, the audio it makes and the engine's limits (GetModelInfo, /v1/models)."""
+
     num_codebooks: int
     sample_rate: int
     frame_rate_hz: float
