@@ -38,6 +38,10 @@ class Unimplemented(Exception):
     """An rpc of the contract that this server does not serve yet (UNIMPLEMENTED)."""
 
 
+class ConversationExpired(Exception):
+    """A conversation reached the server's lifetime limit (RESOURCE_EXHAUSTED)."""
+
+
 def to_status(exc: BaseException) -> grpc.Status | None:
     """The status for a domain exception; None for anything unexpected."""
     status = status_proto(exc)
@@ -70,6 +74,7 @@ def status_proto(exc: BaseException) -> status_pb2.Status | None:
         (Unauthenticated, code_pb2.UNAUTHENTICATED),
         (SynthesisFailed, code_pb2.INTERNAL),
         (Unimplemented, code_pb2.UNIMPLEMENTED),
+        (ConversationExpired, code_pb2.RESOURCE_EXHAUSTED),
     )
     for kind, code in simple:
         if isinstance(exc, kind):

@@ -13,6 +13,7 @@ from wsgiref.simple_server import WSGIServer
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from csm_core.constants import FRAME_MS
 from server.engine.types import EngineStats, FinishReason, StepStats
@@ -50,6 +51,7 @@ class Metrics:
         self.grpc_requests = Counter(
             "csm:grpc_requests", "gRPC calls handled, by method and final status code.",
             ["method", "code"], registry=r)
+        r.register(_ConversationCollector(stats))
 
     def observe_step(self, step: StepStats) -> None:
         """Engine step observer (called on the engine thread)."""
@@ -63,6 +65,34 @@ class Metrics:
 
     def observe_rpc(self, method: str, code: grpc.StatusCode) -> None:
         self.grpc_requests.labels(method=method, code=code.name).inc()
+
+
+class _ConversationCollector:
+    """Conversations and the prefix cache, read from the engine's snapshot when scraped."""
+
+    def __init__(self, stats: Callable[[], EngineStats]):
+        self._stats = stats
+
+    def collect(self):
+        s = self._stats()
+        yield GaugeMetricFamily("csm:conversations", "Open conversations (Converse calls).", value=s.conversations)
+        yield GaugeMetricFamily("csm:conversations_holding_slots", "Conversations holding a slot between turns.",
+                                value=s.conversations_holding_slots)
+        p = s.prefix_cache
+        if p is None:
+            return
+        yield CounterMetricFamily("csm:prefix_cache_hits", "Admitted prompts that found cached prefix blocks.",
+                                  value=p.hits)
+        yield CounterMetricFamily("csm:prefix_cache_misses", "Admitted prompts with whole chunks that found none.",
+                                  value=p.misses)
+        yield CounterMetricFamily("csm:prefix_cache_hit_positions", "Prompt positions copied instead of prefilled.",
+                                  value=p.hit_positions)
+        yield CounterMetricFamily("csm:prefix_cache_evictions", "Prefix blocks evicted (least recently used).",
+                                  value=p.evictions)
+        yield GaugeMetricFamily("csm:prefix_cache_bytes", "Bytes of KV rows the prefix cache holds.",
+                                value=p.bytes_used)
+        yield GaugeMetricFamily("csm:prefix_cache_capacity_bytes", "The prefix cache's budget (--prefix-cache-mb), "
+                                "in whole blocks.", value=p.capacity_bytes)
 
 
 def _usage(stats: EngineStats) -> float:

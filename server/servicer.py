@@ -21,6 +21,7 @@ import grpc
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc, wav
 from server.audio_encoding import make_encoder
+from server.engine.conversation import Conversation
 from server.engine.stream import RequestStream
 from server.engine.types import (
     EngineInfo,
@@ -32,7 +33,7 @@ from server.engine.types import (
     OutputEncoding,
     SynthesisParams,
 )
-from server.errors import SynthesisFailed, Unimplemented
+from server.errors import SynthesisFailed
 from server.metrics import Metrics
 from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
 from server.voices.registry import VoiceRegistry
@@ -55,6 +56,7 @@ class EngineClient(Protocol):
     @property
     def ready(self) -> bool: ...
     def submit(self, params: SynthesisParams) -> RequestStream: ...
+    def open_conversation(self, label: str) -> Conversation: ...
     def info(self) -> EngineInfo: ...
     def stats(self) -> EngineStats: ...
 
@@ -97,10 +99,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         self._metrics = metrics
         self._voices = voices
         self._accepting = True
+        self._draining = asyncio.Event()  # conversations end between turns once it is set
 
     def stop_accepting(self) -> None:
         """New calls get UNAVAILABLE from now on (the server is draining)."""
         self._accepting = False
+        self._draining.set()
 
     async def Synthesize(self, request, context) -> AsyncIterator[pb.SynthesizeResponse]:
         async for item in self._synthesize(request, context):
@@ -122,9 +126,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             audio = wav.finalize(audio)
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
 
-    async def Converse(self, request_iterator, context) -> None:
-        raise Unimplemented("csm.v1.Speech/Converse is part of the contract, but this server does not run "
-                            "conversations yet: use Synthesize with a voice")
+    async def Converse(self, request_iterator, context) -> AsyncIterator[pb.ConverseResponse]:
+        """A conversation: server/converse/call.py (imported here: it shares this module's helpers)."""
+        from server.converse.call import ConverseCall
+
+        if not self._accepting:
+            raise EngineUnavailable("the server is shutting down: open the conversation on another replica")
+        async for response in ConverseCall(self._engine, self._voices, self._metrics, self._draining).run(
+                request_iterator, context):
+            yield response
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
         info, stats = self._engine.info(), self._engine.stats()

@@ -7,7 +7,9 @@ MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.csm_voice
            "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types",
            "server.engine.rules", "server.audio_encoding", "server.metrics", "server.auth", "server.errors",
            "server.cli", "server.voices.registry", "server.voices.store", "server.voices.servicer",
-           "server.voices.synthesis", "server.voices.wire"]
+           "server.voices.synthesis", "server.voices.wire", "server.engine.scheduler", "server.engine.prefix_cache",
+           "server.engine.context_window", "server.engine.conversation", "server.converse.call",
+           "server.converse.sentences", "server.converse.turns"]
 
 
 def test_servicer_server_app_and_client_import_without_torch():
