@@ -26,7 +26,8 @@ class Metrics:
     def __init__(self, stats: Callable[[], EngineStats]):
         self.registry = CollectorRegistry()
         r = self.registry
-        Gauge("csm:num_requests_running", "Requests holding a slot (prefilling or decoding).",
+        Gauge("csm:num_requests_running", "Slots in use: a request prefilling or decoding, or a conversation "
+              "between its turns.",
               registry=r).set_function(lambda: stats().slots_in_use)
         Gauge("csm:num_requests_waiting", "Requests waiting for a slot.",
               registry=r).set_function(lambda: stats().requests_waiting)

@@ -976,7 +976,8 @@ type ModelInfo struct {
 	DefaultMaxAudioMs uint32 `protobuf:"varint,21,opt,name=default_max_audio_ms,json=defaultMaxAudioMs,proto3" json:"default_max_audio_ms,omitempty"`
 	// Watermarking of the output.
 	WatermarkEnabled bool `protobuf:"varint,22,opt,name=watermark_enabled,json=watermarkEnabled,proto3" json:"watermark_enabled,omitempty"`
-	// Current load: slots decoding or prefilling a request.
+	// Current load: slots decoding or prefilling a request, or held by a conversation between
+	// its turns.
 	SlotsInUse uint32 `protobuf:"varint,23,opt,name=slots_in_use,json=slotsInUse,proto3" json:"slots_in_use,omitempty"`
 	// Current load: requests waiting for a slot.
 	RequestsWaiting uint32 `protobuf:"varint,24,opt,name=requests_waiting,json=requestsWaiting,proto3" json:"requests_waiting,omitempty"`
