@@ -160,7 +160,7 @@ class EngineCore:
         running = session.request if session is not None else None
         if isinstance(msg, SessionClose):
             if running is not None:
-                self._finish(running, FinishReason.CANCELLED, "the conversation ended")
+                self._finish(running, FinishReason.CANCELLED)
             self.sessions.close(msg.session)
             return
         if running is not None and running.turn.turn_id == msg.turn_id:
