@@ -179,17 +179,17 @@ def test_bad_turns_fail_alone_and_close_frees_the_slot(engine):
     fin = finish(conv.add_context("bad-2", (broken,)))
     assert fin.reason is FinishReason.INVALID and fin.violations[0].field == "context[0].audio"
     speak(engine, conv, "bad-3", seed=4)
-    steps = len(engine.prefilled)
     stream = conv.speak("bad-4", SynthesisParams(text="Cut off by the caller leaving.", seed=5, max_audio_ms=80 * 200))
     for ev in stream:
         if isinstance(ev, AudioOut):
+            steps = len(engine.prefilled)
             conv.close()
             break
     deadline = time.time() + 5
     while engine.stats().conversations and time.time() < deadline:
         time.sleep(0.01)
     assert engine.stats().conversations == 0 and engine.stats().slots_in_use == 0
-    assert len(engine.prefilled) - steps < 40
+    assert len(engine.prefilled) - steps <= 2  # the step in flight, then the slot is free
 
 
 def test_idle_and_reclaimed_slots_reprefill_from_codes():
