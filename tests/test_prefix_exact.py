@@ -13,7 +13,7 @@ from server.engine.config import EngineConfig
 from server.engine.engine import build
 from server.engine.kv_blocks import KVBlockPool
 from server.engine.parts import load_parts
-from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, SynthesisParams
+from server.engine.types import ContextSegment, Finished, FinishReason, SynthesisParams
 
 CHUNK = 32
 

@@ -125,7 +125,7 @@ class ConverseCall:
         self._conv = conv = self._engine.open_conversation(label)
         context.add_done_callback(lambda _context: conv.close())  # the client went away: free the slot now
         tasks: list[asyncio.Task] = []
-        lifetime = self._limits.conversation_lifetime_s
+        lifetime = self._limits.conversation_max_lifetime_s
         timer = None
         try:
             positions = 0

@@ -35,7 +35,7 @@ class EngineConfig:
     # its slot is given back (its context stays, as codes), and how long one may last (0: no limit).
     max_conversations: int = 16
     conversation_idle_s: float = 30.0
-    conversation_lifetime_s: float = 3600.0
+    conversation_max_lifetime_s: float = 3600.0
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
     cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
     # CPU: intra-op threads of each pipeline thread (model, Mimi, output, context prep). They run
@@ -76,7 +76,7 @@ class EngineConfig:
             raise ValueError("mimi_frames_per_call must be >= 1")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
-        for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_lifetime_s"):
+        for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_budget < self.prefill_chunk:

@@ -93,7 +93,8 @@ class ContextWindow:
         `fed`: how many of those frames went back through the model (their rows are in the
         slot); `computed`: the slot's rows end there (absolute)."""
         start = self.length
-        self.segments.append(ContextSegment(turn_id, SegmentKind.SPOKEN, self._cat([text, audio, self._eos]), len(text)))
+        frames = self._cat([text, audio, self._eos])
+        self.segments.append(ContextSegment(turn_id, SegmentKind.SPOKEN, frames, len(text)))
         self.kv_len = min(computed, start + len(text) + min(fed, len(audio)))
 
     def computed(self, end: int) -> None:

@@ -96,7 +96,7 @@ def engine_info(config: EngineConfig, parts: EngineParts) -> EngineInfo:
         max_speaker_id=config.max_speaker_id, max_audio_ms=config.max_audio_ms,
         default_max_audio_ms=config.default_max_audio_ms, max_context_audio_s=config.max_context_audio_s,
         max_request_id_chars=config.max_request_id_chars, max_conversations=config.max_conversations,
-        conversation_idle_s=config.conversation_idle_s, conversation_lifetime_s=config.conversation_lifetime_s,
+        conversation_idle_s=config.conversation_idle_s, conversation_max_lifetime_s=config.conversation_max_lifetime_s,
     )
     c = parts.card
     return EngineInfo(

@@ -154,7 +154,7 @@ class EngineLimits:
     max_request_id_chars: int
     max_conversations: int = 0  # open conversations (Converse calls) at once; 0: none
     conversation_idle_s: float = 0.0  # a conversation without a turn this long gives its slot back
-    conversation_lifetime_s: float = 0.0  # a conversation ends this long after it opened (0: no limit)
+    conversation_max_lifetime_s: float = 0.0  # a conversation ends this long after it opened (0: no limit)
 
 
 @dataclass(slots=True, frozen=True)

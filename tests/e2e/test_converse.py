@@ -6,13 +6,12 @@ the conversation limits, and a client that goes away."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import grpc
 import pytest
 
-from csm_client import AsyncSpeechClient, ContextTurn, SpeechClient
+from csm_client import AsyncSpeechClient, SpeechClient
 from csm_client.errors import field_violations
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc
@@ -170,7 +169,7 @@ def test_a_client_that_goes_away_frees_its_slot(client, engine):
 
 
 def test_conversation_limits():
-    engine = start_tiny_engine(max_slots=2, max_conversations=1, conversation_lifetime_s=3.0)
+    engine = start_tiny_engine(max_slots=2, max_conversations=1, conversation_max_lifetime_s=3.0)
     server = LoopbackServer(engine).start()
     try:
         with SpeechClient(server.target) as client:
