@@ -25,11 +25,19 @@ class Segment:
 
 @dataclass(frozen=True, slots=True)
 class Prompt:
+    """Backbone positions [start, start + len) of a prompt. A request's prompt starts at 0; a
+    conversation's turn starts after the positions its slot already holds."""
+
     tokens: torch.Tensor  # [seq, 33] int64
     mask: torch.Tensor  # [seq, 33] bool
+    start: int = 0  # absolute position of row 0
 
     def __len__(self) -> int:
         return self.tokens.shape[0]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.tokens.shape[0]
 
 
 def text_frames(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,11 +64,19 @@ def audio_prompt_len(num_frames: int) -> int:
     return num_frames + 1
 
 
-def build_prompt(tokenizer: TextTokenizer, context: list[Segment], speaker: int, text: str) -> Prompt:
-    parts = []
-    for seg in context:
-        parts.append(text_frames(tokenizer.encode_turn(seg.speaker, seg.text)))
-        if seg.codes is not None:
-            parts.append(audio_frames(seg.codes))
-    parts.append(text_frames(tokenizer.encode_turn(speaker, text)))
+def segment_frames(tokenizer: TextTokenizer, seg: Segment) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One context segment's positions, tokens and mask [n, 33], and how many of them are text."""
+    tokens, mask = text_frames(tokenizer.encode_turn(seg.speaker, seg.text))
+    text_len = tokens.shape[0]
+    if seg.codes is not None:
+        audio_tokens, audio_mask = audio_frames(seg.codes)
+        tokens, mask = torch.cat([tokens, audio_tokens]), torch.cat([mask, audio_mask])
+    return tokens, mask, text_len
+
+
+def build_prompt(tokenizer: TextTokenizer, context: list[Segment], speaker: int, text: str | None) -> Prompt:
+    """The context segments, then the text of the turn to generate (None: the segments only)."""
+    parts = [segment_frames(tokenizer, seg)[:2] for seg in context]
+    if text is not None:
+        parts.append(text_frames(tokenizer.encode_turn(speaker, text)))
     return Prompt(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))

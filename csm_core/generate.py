@@ -36,9 +36,11 @@ def check_fits(model: CSMModel, prompt_len: int, max_frames: int) -> None:
 
 
 def prefill_slot(model: CSMModel, slot: int, prompt: Prompt, start: int, end: int) -> torch.Tensor:
-    """Prefill prompt positions [start, end) of a slot. Returns the last hidden state [1, dim]."""
+    """Prefill absolute positions [start, end) of a slot from a prompt that covers them.
+    Returns the last hidden state [1, dim]."""
     dev = model.audio_head.device
-    return model.prefill(slot, prompt.tokens[start:end].to(dev), prompt.mask[start:end].to(dev), start)
+    a, b = start - prompt.start, end - prompt.start
+    return model.prefill(slot, prompt.tokens[a:b].to(dev), prompt.mask[a:b].to(dev), start)
 
 
 @torch.inference_mode()

@@ -50,6 +50,13 @@ class CSMModel(nn.Module):
         for m in (self.projection, self.codebook0_head):
             m.exact = exact
 
+    def kv_rows(self, slot: int, start: int, end: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views of one slot's backbone KV rows [start, end), per layer: (k, v), each
+        [kv_heads, end - start, head_dim]. The prefix cache copies through them
+        (server/engine/kv_blocks.py)."""
+        return [(layer.attn.cache.k[slot, :, start:end], layer.attn.cache.v[slot, :, start:end])
+                for layer in self.backbone.layers]
+
     @property
     def max_slots(self) -> int:
         return self.backbone.cache_shape[0]

@@ -328,7 +328,7 @@ class EngineBench:
         return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
                 "idle_prefill_budget": c.idle_prefill_budget,
                 "torch_threads": self.engine.threads.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
-                "output_workers": self.engine.threads.output_workers}
+                "output_workers": self.engine.threads.output_workers, "prefix_cache_mb": c.prefix_cache_mb}
 
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
                     tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
@@ -515,6 +515,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, help="engine: intra-op threads per pipeline thread (default: the engine's)")
     p.add_argument("--mimi-frames-per-call", type=int, help="engine: most steps merged into one Mimi call")
     p.add_argument("--output-workers", type=int, help="engine: output (watermark) threads (default: the engine's)")
+    p.add_argument("--prefix-cache-mb", type=int, default=0,
+                   help="engine: prefix cache budget; off by default, so that every request (and the injected one, "
+                        "sent again after the warm-up) is prefilled as on a server without it (csm-bench-voices "
+                        "measures the cache)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     return p
@@ -576,7 +580,8 @@ def format_table(runs: list[dict]) -> str:
 
 def engine_tuning(args: argparse.Namespace) -> dict:
     """EngineConfig fields set on the command line (the others keep the engine's defaults)."""
-    names = ("prefill_budget", "idle_prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers")
+    names = ("prefill_budget", "idle_prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers",
+             "prefix_cache_mb")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

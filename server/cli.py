@@ -74,6 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
          "faster, lower keeps running streams' frame gaps steadier", type=int)
     flag("--idle-prefill-budget", "CSM_IDLE_PREFILL_BUDGET", "512",
          "prompt positions prefilled per engine step while no stream is decoding", type=int)
+    flag("--prefix-cache-mb", "CSM_PREFIX_CACHE_MB", "512",
+         "device memory for the KV rows of prompt prefixes (voices, repeated context), LRU; 0 disables", type=int)
+    flag("--max-conversations", "CSM_MAX_CONVERSATIONS", "16",
+         "Converse calls open at once; more get RESOURCE_EXHAUSTED", type=int)
+    flag("--conversation-idle-s", "CSM_CONVERSATION_IDLE_S", "30",
+         "a conversation without a turn this long gives its slot back (its context stays, as codes)", type=float)
+    flag("--conversation-max-lifetime-s", "CSM_CONVERSATION_MAX_LIFETIME_S", "3600",
+         "a conversation ends (RESOURCE_EXHAUSTED) this long after it opened; 0: no limit", type=float)
     flag("--torch-threads", "CSM_TORCH_THREADS", None,
          "CPU: intra-op threads of each pipeline thread (model, Mimi, output); unset: half the cores", type=int)
     flag("--output-workers", "CSM_OUTPUT_WORKERS", None,
@@ -202,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
             idle_prefill_budget=args.idle_prefill_budget,
             stream_buffer_s=args.stream_buffer_s,
             reader_stall_s=args.reader_stall_s,
+            prefix_cache_mb=args.prefix_cache_mb,
+            max_conversations=args.max_conversations,
+            conversation_idle_s=args.conversation_idle_s,
+            conversation_max_lifetime_s=args.conversation_max_lifetime_s,
             torch_threads=args.torch_threads,
             output_workers=args.output_workers,
             watermark=args.watermark,

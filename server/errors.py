@@ -57,6 +57,10 @@ class Unimplemented(Exception):
     """An rpc of the contract that this server does not serve yet (UNIMPLEMENTED)."""
 
 
+class ConversationExpired(Exception):
+    """A conversation reached the server's lifetime limit (RESOURCE_EXHAUSTED)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Failure:
     """What went wrong, in terms every transport can state: gRPC and HTTP map the same exceptions."""
@@ -81,6 +85,7 @@ _FAILURES: tuple[tuple[type[Exception], int, int], ...] = (
     (QueueFull, code_pb2.RESOURCE_EXHAUSTED, 429),
     (VoiceQuotaExceeded, code_pb2.RESOURCE_EXHAUSTED, 429),
     (ReaderTooSlow, code_pb2.RESOURCE_EXHAUSTED, 429),
+    (ConversationExpired, code_pb2.RESOURCE_EXHAUSTED, 429),
     (SynthesisFailed, code_pb2.INTERNAL, 500),
     (Unimplemented, code_pb2.UNIMPLEMENTED, 501),
     (EngineUnavailable, code_pb2.UNAVAILABLE, 503),

@@ -24,6 +24,7 @@ from prometheus_client import (
     ProcessCollector,
     make_asgi_app,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from csm_core.constants import FRAME_MS
 from server.engine.types import EngineStats, Finished, FinishReason, StepStats
@@ -50,8 +51,8 @@ class Metrics:
         def histogram(name: str, doc: str, buckets) -> Histogram:
             return Histogram(name, doc, ["model_name"], buckets=buckets, registry=r).labels(**model)
 
-        gauge("csm:num_requests_running", "Requests holding a slot (prefilling or decoding).",
-              lambda s: s.slots_in_use)
+        gauge("csm:num_requests_running", "Slots in use: a request prefilling or decoding, or a conversation "
+              "between its turns.", lambda s: s.slots_in_use)
         gauge("csm:num_requests_waiting", "Requests waiting for a slot.", lambda s: s.requests_waiting)
         gauge("csm:num_requests_paused", "Requests paused because their client has too much audio unread.",
               lambda s: s.requests_paused)
@@ -95,6 +96,7 @@ class Metrics:
             "csm:http_requests", "HTTP requests handled, by route and status code.",
             ["model_name", "route", "status"], registry=r)
         self._model = model
+        r.register(_ConversationCollector(stats, model_name))
 
     def observe_step(self, step: StepStats) -> None:
         """Engine step observer (called on the engine thread)."""
@@ -125,6 +127,39 @@ class Metrics:
     def asgi_app(self):
         """The /metrics endpoint as an ASGI app (served by server/app.py on the metrics port)."""
         return make_asgi_app(self.registry)
+
+
+class _ConversationCollector:
+    """Conversations and the prefix cache, read from the engine's snapshot when scraped."""
+
+    def __init__(self, stats: Callable[[], EngineStats], model_name: str):
+        self._stats = stats
+        self._model_name = model_name
+
+    def _family(self, kind, name: str, doc: str, value: float):
+        family = kind(name, doc, labels=["model_name"])
+        family.add_metric([self._model_name], value)
+        return family
+
+    def collect(self):
+        s = self._stats()
+        g, c = GaugeMetricFamily, CounterMetricFamily
+        yield self._family(g, "csm:conversations", "Open conversations (Converse calls).", s.conversations)
+        yield self._family(g, "csm:conversations_holding_slots", "Conversations holding a slot between turns.",
+                           s.conversations_holding_slots)
+        p = s.prefix_cache
+        if p is None:
+            return
+        yield self._family(c, "csm:prefix_cache_hits", "Admitted prompts that found cached prefix blocks.", p.hits)
+        yield self._family(c, "csm:prefix_cache_misses", "Admitted prompts with whole chunks that found none.",
+                           p.misses)
+        yield self._family(c, "csm:prefix_cache_hit_positions", "Prompt positions copied instead of prefilled.",
+                           p.hit_positions)
+        yield self._family(c, "csm:prefix_cache_evictions", "Prefix blocks evicted (least recently used).",
+                           p.evictions)
+        yield self._family(g, "csm:prefix_cache_bytes", "Bytes of KV rows the prefix cache holds.", p.bytes_used)
+        yield self._family(g, "csm:prefix_cache_capacity_bytes",
+                           "The prefix cache's budget (--prefix-cache-mb), in whole blocks.", p.capacity_bytes)
 
 
 def _usage(stats: EngineStats) -> float:

@@ -21,12 +21,13 @@ import grpc
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc, wav
 from server.audio_encoding import make_encoder
-from server.delivery import AudioDelivery, Piece
+from server.chunks import Chunker
+from server.delivery import AudioDelivery
+from server.engine.conversation import Conversation
 from server.engine.stream import RequestStream
 from server.engine.types import (
     EngineInfo, EngineStats, EngineUnavailable, FinishReason, InvalidRequest, OutputEncoding, SynthesisParams,
 )
-from server.errors import Unimplemented
 from server.metrics import Metrics
 from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
 from server.voices.registry import VoiceRegistry
@@ -47,20 +48,9 @@ class EngineClient(Protocol):
     @property
     def ready(self) -> bool: ...
     def submit(self, params: SynthesisParams) -> RequestStream: ...
+    def open_conversation(self, label: str) -> Conversation: ...
     def info(self) -> EngineInfo: ...
     def stats(self) -> EngineStats: ...
-
-
-def _chunk(piece: Piece, sequence: int, start_sample: int, sample_rate: int) -> pb.AudioChunk:
-    ms_per_sample = 1000.0 / sample_rate
-    return pb.AudioChunk(
-        sequence=sequence,
-        data=piece.data,
-        start_sample=start_sample,
-        num_samples=piece.samples,
-        start_ms=start_sample * ms_per_sample,
-        duration_ms=piece.samples * ms_per_sample,
-    )
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
@@ -69,10 +59,12 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         self._metrics = metrics
         self._voices = voices
         self._accepting = True
+        self._draining = asyncio.Event()  # conversations end between turns once it is set
 
     def stop_accepting(self) -> None:
         """New calls get UNAVAILABLE from now on (the server is draining)."""
         self._accepting = False
+        self._draining.set()
 
     async def Synthesize(self, request, context) -> AsyncIterator[pb.SynthesizeResponse]:
         async for item in self._synthesize(request, context):
@@ -94,9 +86,15 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             audio = wav.finalize(audio)
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
 
-    async def Converse(self, request_iterator, context) -> None:
-        raise Unimplemented("csm.v1.Speech/Converse is part of the contract, but this server does not run "
-                            "conversations yet: use Synthesize with a voice")
+    async def Converse(self, request_iterator, context) -> AsyncIterator[pb.ConverseResponse]:
+        """A conversation: server/converse/call.py (imported here: it shares this module's helpers)."""
+        from server.converse.call import ConverseCall
+
+        if not self._accepting:
+            raise EngineUnavailable("the server is shutting down: open the conversation on another replica")
+        async for response in ConverseCall(self._engine, self._voices, self._metrics, self._draining).run(
+                request_iterator, context):
+            yield response
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
         info, stats = self._engine.info(), self._engine.stats()
@@ -155,12 +153,10 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         delivery = AudioDelivery(stream, encoder, self._metrics, request_id=label, sample_rate=rate, arrival=arrival)
         # Runs when the call ends for any reason, even if this generator is never resumed.
         context.add_done_callback(lambda _context: delivery.cancel())
-        sequence = start_sample = 0
+        chunks = Chunker(rate)
         try:
             async for piece in delivery.pieces():
-                yield _chunk(piece, sequence, start_sample, rate)
-                sequence += 1
-                start_sample += piece.samples
+                yield chunks.add(piece.data, piece.samples)
         except InvalidRequest as invalid:  # found once decoded: name the request's own fields
             raise invalid if voice is None else blame_request_fields(invalid, voice) from None
         finished = delivery.finished

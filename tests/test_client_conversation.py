@@ -1,6 +1,6 @@
 """The Converse helpers of the Python client (sync and asyncio) against a scripted loopback
-server: what they send, in which order, and how they read the answers. The real server does
-not run conversations yet (tests/e2e/test_voices.py checks it answers UNIMPLEMENTED)."""
+server: what they send, in which order, and how they read the answers. Against the real server:
+tests/e2e/test_converse.py."""
 
 from __future__ import annotations
 

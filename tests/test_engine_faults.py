@@ -39,6 +39,7 @@ class FakeRunner:
 
     device = torch.device("cpu")
     max_seq = 512
+    kv_blocks = None  # no prefix cache
 
     def new_state(self, prompt, sampling, seed):
         return SimpleNamespace(seed=seed, prompt=prompt, last_frame=None)

@@ -88,3 +88,58 @@ def test_finish_waiting_request():
     s.schedule()
     s.finish(b)
     assert b.status is RequestStatus.FINISHED and s.num_waiting == 0
+
+
+# -- conversations: a session holds its slot between turns --------------------------------
+def turn(rid, session, prompt_len, start=0):
+    r = req(rid, prompt_len)
+    r.session, r.num_prefilled = session, start
+    return r
+
+
+def test_a_session_keeps_its_slot_between_turns_and_skips_the_queue():
+    s = Scheduler(num_slots=2, prefill_chunk=8, prefill_budget=64)
+    first = turn("t1", session=7, prompt_len=20)
+    s.add(first)
+    plan = s.schedule()
+    assert plan.admitted == [first] and s.slot_of(7) == first.slot
+    first.status = RequestStatus.DECODING
+    s.finish(first)
+    assert s.slots.num_used == 1  # held by the session between its turns
+    other, blocked = req("other", 4), req("blocked", 4)
+    second = turn("t2", session=7, prompt_len=30, start=23)  # its prompt starts after the kept rows
+    for r in (other, blocked, second):
+        s.add(r)
+    plan = s.schedule()
+    assert plan.admitted == [second, other] and second.slot == first.slot and list(s.waiting) == [blocked]
+    assert not plan.reclaimed  # the session has a turn in the engine
+    assert [(c.start, c.end) for c in plan.prefill if c.request is second] == [(23, 24), (24, 30)]  # aligned
+
+
+def test_an_idle_session_slot_is_reclaimed_for_a_waiting_request():
+    s = Scheduler(num_slots=1, prefill_chunk=8, prefill_budget=8)
+    t = turn("t1", session=3, prompt_len=4)
+    s.add(t)
+    s.schedule()
+    s.finish(t)
+    r = req("one-shot", 4)
+    s.add(r)
+    plan = s.schedule()
+    assert plan.reclaimed == [3] and plan.admitted == [r] and s.slot_of(3) is None
+    back = turn("t2", session=3, prompt_len=9)  # queues for a slot like anyone
+    s.add(back)
+    assert s.schedule().admitted == [] and s.num_waiting == 1
+
+
+def test_a_session_with_a_turn_in_the_engine_is_never_reclaimed():
+    s = Scheduler(num_slots=1, prefill_chunk=8, prefill_budget=8)
+    t = turn("t1", session=3, prompt_len=4)
+    s.add(t)
+    s.schedule()
+    s.add(req("one-shot", 4))
+    plan = s.schedule()
+    assert not plan.reclaimed and not plan.admitted and s.num_waiting == 1
+    with pytest.raises(RuntimeError):
+        s.release(3)
+    s.finish(t)
+    assert s.release(3) and not s.release(3) and s.slots.num_used == 0

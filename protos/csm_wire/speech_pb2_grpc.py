@@ -100,8 +100,9 @@ class SpeechServicer:
         what ends the whole conversation: a first message that is not `config`, a second
         `config`, a `text` piece with no open speak turn (INVALID_ARGUMENT); an unknown voice
         (NOT_FOUND); too many conversations (RESOURCE_EXHAUSTED with google.rpc.RetryInfo); the
-        conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE).
-        A server that does not run conversations yet answers UNIMPLEMENTED.
+        conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE, between
+        turns). The context is kept as codes and text tokens, never as audio: a generated turn's
+        own codes, not its audio encoded again.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

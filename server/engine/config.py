@@ -27,6 +27,15 @@ class EngineConfig:
     prefill_budget: int = 128
     idle_prefill_budget: int = 512  # the same when no stream is decoding (nobody to delay)
     max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
+    # Prefix cache: device memory for the backbone KV rows of prompt prefixes (voices, repeated
+    # context), in whole prefill chunks, least recently used evicted; 0: off
+    # (server/engine/prefix_cache.py). csm-1b keeps 32 KiB per position in bf16, 64 KiB in fp32.
+    prefix_cache_mb: int = 512
+    # Conversations (Converse): how many may be open, how long one may go without a turn before
+    # its slot is given back (its context stays, as codes), and how long one may last (0: no limit).
+    max_conversations: int = 16
+    conversation_idle_s: float = 30.0
+    conversation_max_lifetime_s: float = 3600.0
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
     cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
     # CPU: intra-op threads of each pipeline thread (model, Mimi, output, context prep). They run
@@ -74,6 +83,9 @@ class EngineConfig:
             raise ValueError("stream_buffer_s and reader_stall_s must be >= 0")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
+        for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_budget < self.prefill_chunk:
             raise ValueError("prefill_budget must be at least prefill_chunk")
         if self.idle_prefill_budget < self.prefill_budget:

@@ -3,10 +3,11 @@
     loop:  drain the control channel  ->  step()
     step:  schedule  ->  run  ->  hand off to Mimi  ->  postprocess
 
-Other threads never touch a request: callers (Submitted, Cancel), the prep thread (Prepared,
-PrepFailed) and the Mimi and output threads (StreamFailed) post messages to the control
-channel, which this thread drains at one fixed point, before it schedules, as vLLM drains its
-aborts. A request's status therefore changes here only.
+Other threads never touch a request: callers (Submitted, Cancel; conversations: SessionOpen,
+SessionInterrupt, SessionClose), the prep thread (Prepared, PrepFailed) and the Mimi and output
+threads (StreamFailed) post messages to the control channel, which this thread drains at one
+fixed point, before it schedules, as vLLM drains its aborts. A request's status, and a
+conversation's context (server/engine/sessions.py), therefore change here only.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ import torch
 
 from server.engine.admission import Admission
 from server.engine.messages import (
-    Cancel, Control, MimiRow, MimiStep, Pause, Prepared, PrepFailed, PrepJob, Resume, StreamEnd, StreamFailed,
-    StreamRef, Submitted,
+    Cancel, Control, MimiRow, MimiStep, Pause, Prepared, PrepFailed, PrepJob, Resume, SessionClose, SessionInterrupt,
+    SessionOpen, StreamEnd, StreamFailed, StreamRef, Submitted, TurnKind,
 )
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.prep import PrepWorker
 from server.engine.request import Request, RequestStatus
 from server.engine.runner import ModelRunner, StepResult
 from server.engine.scheduler import Scheduler, SchedulerOutput
-from server.engine.types import EngineStats, Finished, FinishReason, StepStats, Violation
+from server.engine.sessions import Sessions
+from server.engine.types import ContextState, EngineStats, Finished, FinishReason, StepStats, Violation
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +40,12 @@ IDLE_WAIT_S = 0.1  # how long an idle engine waits for a message before looking 
 
 class EngineCore:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler, admission: Admission, watermarked: bool,
-                 torch_threads: int | None, reader_stall_s: float = 0.0):
+                 torch_threads: int | None, sessions: Sessions, reader_stall_s: float = 0.0):
         self.runner = runner
         self.reader_stall_s = reader_stall_s  # a request paused this long for its reader ends (0: never)
         self.scheduler = scheduler
-        self.admission = admission
+        self.admission = admission  # one-shot requests; conversations are bounded by their own count
+        self.sessions = sessions
         self.watermarked = watermarked
         self.torch_threads = torch_threads
         self.prep: PrepWorker | None = None  # attached once built: they report to this core
@@ -96,6 +99,7 @@ class EngineCore:
             torch.set_num_threads(self.torch_threads)
         while not self._stop:
             self._drain_control()
+            self.sessions.release_idle(time.monotonic())
             self._end_stalled()
             if not self.scheduler.has_work():
                 self._publish()
@@ -121,26 +125,77 @@ class EngineCore:
             except queue.Empty:
                 return
             if isinstance(msg, Submitted):
-                self._requests[msg.id] = Request(msg.id, msg.params, msg.sink, msg.seed, msg.max_frames, msg.t_arrival)
-                self.prep.prepare(PrepJob(msg.id, msg.params, msg.max_frames))
-                continue
-            ids = msg.ids if isinstance(msg, StreamFailed) else (msg.id,)
-            for req in [self._requests[i] for i in ids if i in self._requests]:  # finished ones are gone
-                if isinstance(msg, Prepared):
-                    req.prompt_len = len(msg.prompt)
-                    req.state = self.runner.new_state(msg.prompt, msg.sampling, req.seed)
-                    self.scheduler.add(req)
-                elif isinstance(msg, Cancel):
-                    self._finish(req, FinishReason.CANCELLED)
-                elif isinstance(msg, Pause):
-                    req.paused_since = time.monotonic()
-                elif isinstance(msg, Resume):
-                    req.paused_since = None
-                elif isinstance(msg, PrepFailed):
-                    reason = FinishReason.INVALID if msg.violations else FinishReason.ERROR
-                    self._finish(req, reason, msg.error, msg.violations)
-                else:
-                    self._finish(req, FinishReason.ERROR, msg.error)
+                self._submitted(msg)
+            elif isinstance(msg, (SessionOpen, SessionInterrupt, SessionClose)):
+                self._session_message(msg)
+            else:
+                ids = msg.ids if isinstance(msg, StreamFailed) else (msg.id,)
+                for req in [self._requests[i] for i in ids if i in self._requests]:  # finished ones are gone
+                    self._on_request_message(req, msg)
+
+    def _submitted(self, msg: Submitted) -> None:
+        req = Request(msg.id, msg.params, msg.sink, msg.seed, msg.max_frames, msg.t_arrival)
+        self._requests[msg.id] = req
+        if msg.turn is not None:
+            req.turn, req.session = msg.turn, msg.turn.session
+            if not self.sessions.submitted(req, time.monotonic()):
+                self._finish(req, FinishReason.CANCELLED, "the conversation has ended")
+                return
+        self.prep.prepare(PrepJob(msg.id, msg.params, msg.max_frames, msg.turn.kind if msg.turn else None))
+
+    def _on_request_message(self, req: Request, msg: Control) -> None:
+        if isinstance(msg, Prepared):
+            self._prepared(req, msg)
+        elif isinstance(msg, Cancel):
+            self._finish(req, FinishReason.CANCELLED)
+        elif isinstance(msg, Pause):
+            req.paused_since = time.monotonic()
+        elif isinstance(msg, Resume):
+            req.paused_since = None
+        elif isinstance(msg, PrepFailed):
+            reason = FinishReason.INVALID if msg.violations else FinishReason.ERROR
+            self._finish(req, reason, msg.error, msg.violations)
+        else:
+            self._finish(req, FinishReason.ERROR, msg.error)
+
+    def _prepared(self, req: Request, msg: Prepared) -> None:
+        prompt = msg.prompt
+        if req.turn is not None and req.turn.kind is not TurnKind.SPEAK:  # segments join the context
+            violation = self.sessions.apply_segments(req, msg)
+            if violation is not None:
+                self._finish(req, FinishReason.INVALID, violations=(violation,))
+            else:
+                self._finish(req, FinishReason.EOS)
+            return
+        if req.turn is not None:  # a conversation's piece: its prompt starts where its slot's rows end
+            prompt = self.sessions.speak_prompt(req, msg)
+            if isinstance(prompt, Violation):
+                self._finish(req, FinishReason.INVALID, violations=(prompt,))
+                return
+        else:
+            req.prompt_len, req.block_hashes = len(prompt), msg.block_hashes
+        req.state = self.runner.new_state(prompt, msg.sampling, req.seed)
+        self.scheduler.add(req)
+
+    def _session_message(self, msg: SessionOpen | SessionInterrupt | SessionClose) -> None:
+        if isinstance(msg, SessionOpen):
+            self.sessions.open(msg, time.monotonic())
+            return
+        session = self.sessions.get(msg.session)
+        running = session.request if session is not None else None
+        if isinstance(msg, SessionClose):
+            if running is not None:
+                self._finish(running, FinishReason.CANCELLED)
+            self.sessions.close(msg.session)
+            return
+        if running is not None and running.turn.turn_id == msg.turn_id:
+            self._finish(running, FinishReason.CANCELLED)
+        if msg.remove:
+            state = self.sessions.remove_turn(msg.session, msg.turn_id)
+        else:
+            state = self.sessions.interrupted(msg.session, msg.turn_id, msg.heard_frames)
+        msg.sink.push(Finished(reason=FinishReason.CANCELLED, frames=0, prompt_frames=0, queue_s=0.0, ttfa_s=None,
+                               total_s=0.0, watermarked=self.watermarked, context=state))
 
     def _end_stalled(self) -> None:
         if not self.reader_stall_s:
@@ -157,6 +212,7 @@ class EngineCore:
         plan = self.scheduler.schedule()
         self._admit(plan)
         result = self.runner.run(plan)
+        self._commit_prefix(plan, result)
         t_handoff = time.perf_counter()
         self._hand_off(result)  # paced to Mimi: may wait
         result.timings["mimi"] = time.perf_counter() - t_handoff
@@ -173,9 +229,26 @@ class EngineCore:
 
     def _admit(self, plan: SchedulerOutput) -> None:
         now = time.monotonic()
+        for session in plan.reclaimed:
+            self.sessions.slot_lost(session)
         for req in plan.admitted:
             req.t_admitted = now
             req.stream = StreamRef(req.id, req.label, req.slot, req.params.output_sample_rate, req.sink)
+
+    def _commit_prefix(self, plan: SchedulerOutput, result: StepResult) -> None:
+        """Blocks copied this step are released; blocks written are found from now on,
+        unless their request failed."""
+        prefix = self.scheduler.prefix
+        if prefix is None:
+            return
+        for load in plan.loads:
+            prefix.unpin(load.blocks)
+        failed = {id(req) for req, _ in result.failed}
+        for save in plan.saves:
+            if id(save.chunk.request) in failed:
+                prefix.abort(save.block)
+            else:
+                prefix.commit(save.block)
 
     def _hand_off(self, result: StepResult) -> None:
         """This step's frames to the Mimi thread (a stream's first frame resets its Mimi row)."""
@@ -199,6 +272,8 @@ class EngineCore:
                 finished.append(FinishReason.EOS)
                 continue
             req.num_frames += 1
+            if req.turn is not None:
+                self.sessions.frame(req, result.codes[i])
             for fn in self.frame_observers:
                 fn(req.label, req.state.last_frame.cpu())
             if req.num_frames >= req.max_frames:
@@ -213,26 +288,34 @@ class EngineCore:
         self.scheduler.finish(req)
         req.finish_reason, req.error, req.violations = reason, error, violations
         req.t_finished = time.monotonic()
+        context: ContextState | None = None
+        if req.turn is not None:
+            context = self.sessions.finished(req, reason, req.t_finished)
+        else:
+            self.admission.release()
         req.state = None
         del self._requests[req.id]
-        self.admission.release()
         if error:
             log.warning("request %r ended (%s): %s", req.label, reason.value, error)
         if req.stream is not None:  # it had a slot: its end follows its frames through Mimi and output
             self.mimi.end(StreamEnd(req.stream, reason, error, req.num_frames, req.prompt_len, req.t_arrival,
-                                    req.t_admitted, req.t_finished))
+                                    req.t_admitted, req.t_finished, context))
             return
         req.sink.push(Finished(
             reason=reason, frames=0, prompt_frames=req.prompt_len, queue_s=req.t_finished - req.t_arrival,
             ttfa_s=None, total_s=req.t_finished - req.t_arrival, watermarked=self.watermarked, error=error,
-            violations=violations))
+            violations=violations, context=context))
 
     def _publish(self) -> None:
         running = self.scheduler.running
         prefilling = sum(r.status is RequestStatus.PREFILLING for r in running)
+        one_shot = sum(r.turn is None for r in running)
+        prefix = self.scheduler.prefix
         self.stats = EngineStats(
-            slots_in_use=len(running), max_slots=self.scheduler.slots.num_slots,
-            requests_waiting=max(0, self.admission.count - len(running)),
+            slots_in_use=self.scheduler.slots.num_used, max_slots=self.scheduler.slots.num_slots,
+            requests_waiting=max(0, self.admission.count - one_shot),
             requests_prefilling=prefilling, requests_decoding=len(running) - prefilling,
             requests_paused=sum(r.paused_since is not None for r in running),
+            conversations=len(self.sessions), conversations_holding_slots=self.sessions.holding_slots,
+            prefix_cache=prefix.stats() if prefix is not None else None,
         )

@@ -25,17 +25,20 @@ from csm_core.constants import FRAME_MS
 from server.engine import rules
 from server.engine.admission import Admission
 from server.engine.config import EngineConfig
+from server.engine.conversation import Conversation
 from server.engine.core import EngineCore
-from server.engine.messages import Submitted
+from server.engine.messages import SessionOpen, Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.output import OutputStage
 from server.engine.parts import EngineParts, engine_info, load_parts, plan_threads
+from server.engine.prefix_cache import PrefixIndex
 from server.engine.prep import PrepWorker
 from server.engine.scheduler import Scheduler
+from server.engine.sessions import Sessions
 from server.engine.stream import RequestStream
 from server.engine.types import (
     EngineInfo, EngineStats, EngineUnavailable, InvalidRequest, PipelineCounters, QueueFull, StepStats,
-    SynthesisParams,
+    SynthesisParams, TooManyConversations,
 )
 
 log = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 WARMUP_AUDIO_MS = 2 * FRAME_MS
 # Seconds a rejected caller is told to wait per request queued ahead of it (RetryInfo).
 RETRY_S_PER_WAITING = 0.5
+RETRY_S_CONVERSATION = 5.0  # ... and when every conversation is taken
 
 
 def build(config: EngineConfig, parts: EngineParts | None = None) -> Engine:
@@ -59,15 +63,21 @@ class Engine:
         self.threads = plan_threads(config, parts)
         torch_threads = self.threads.torch_threads
         self._admission = Admission(config.max_slots + config.max_queue)
-        scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget, config.idle_prefill_budget)
+        self._conversations = Admission(config.max_conversations)
+        blocks = parts.runner.kv_blocks  # the prefix cache's rows (None: off)
+        prefix = PrefixIndex(blocks.num_blocks, blocks.block_positions, blocks.block_bytes) if blocks else None
+        scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget, config.idle_prefill_budget,
+                              prefix)
+        block_positions = blocks.block_positions if blocks else 0
+        sessions = Sessions(scheduler, self._info.limits, block_positions)
         self._core = EngineCore(parts.runner, scheduler, self._admission, parts.watermarker is not None, torch_threads,
-                                config.reader_stall_s)
+                                sessions, config.reader_stall_s)
         report = self._core.post
         self._output = OutputStage(parts.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames,
                                    report, torch_threads, self.threads.output_workers)
         self._mimi = MimiDecoder(parts.codec, config.max_slots, self._output, report, config.mimi_frames_per_call,
                                  torch_threads)
-        self._prep = PrepWorker(parts.tokenizer, parts.codec, self._info.limits, report, torch_threads)
+        self._prep = PrepWorker(parts.tokenizer, parts.codec, self._info.limits, report, torch_threads, block_positions)
         self._core.prep, self._core.mimi = self._prep, self._mimi
         self._ids = itertools.count(1)
         self._ready = threading.Event()
@@ -106,7 +116,7 @@ class Engine:
         self._accepting = False
         deadline = time.monotonic() + grace_s
         while time.monotonic() < deadline:
-            if self._admission.count == 0:
+            if self._admission.count == 0 and self._conversations.count == 0:
                 self.flush()
                 return True
             time.sleep(0.05)
@@ -170,3 +180,18 @@ class Engine:
         sink = RequestStream(rid, params.request_id, self._core.post, self.config.stream_buffer_s)
         self._core.post(Submitted(rid, params, sink, seed, rules.max_frames(params, limits), time.monotonic()))
         return sink
+
+    # -- conversations (any thread) ----------------------------------------------------
+    def open_conversation(self, label: str) -> Conversation:
+        """A conversation whose context stays in the engine (server/engine/conversation.py).
+        Raises TooManyConversations or EngineUnavailable."""
+        if not self.ready:
+            raise EngineUnavailable("the server is warming up or draining; retry shortly or on another replica")
+        if not self._conversations.try_admit():
+            n = self.config.max_conversations
+            raise TooManyConversations(f"the server holds {n} conversations, its limit; retry later or use another "
+                                       f"replica", RETRY_S_CONVERSATION)
+        session = next(self._ids)
+        self._core.post(SessionOpen(session, label))
+        return Conversation(session, label, self._info.limits, self._core.post, lambda: next(self._ids),
+                            self._conversations.release, self.config.stream_buffer_s)

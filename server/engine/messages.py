@@ -1,6 +1,8 @@
 """What crosses a thread boundary inside the engine: typed, immutable messages.
 
-    callers ─ Submitted, Cancel ─────────►┐
+    callers ─ Submitted, Cancel, ────────►┐
+      SessionOpen, SessionInterrupt,      │
+      SessionClose                        │
     consumers ─ Pause, Resume ───────────►│
     prep thread ─ Prepared, PrepFailed ──►├─ control channel ─► engine thread (drained once per
     Mimi, output threads ─ StreamFailed ─►┘                      loop, before it schedules)
@@ -13,11 +15,12 @@ only these messages. Tensors inside them are never written after they are sent.
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from server.engine.types import FinishReason, SynthesisParams, Violation
+from server.engine.types import ContextState, FinishReason, SynthesisParams, Violation
 
 if TYPE_CHECKING:
     import torch
@@ -27,10 +30,27 @@ if TYPE_CHECKING:
     from server.engine.stream import RequestStream
 
 
+class TurnKind(enum.Enum):
+    VOICE = "voice"  # the voice's segments open the conversation's context
+    CONTEXT = "context"  # segments appended to the context, nothing generated
+    SPEAK = "speak"  # one piece of a speak turn: its text is generated after the context
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """What a conversation's request is (server/engine/sessions.py)."""
+
+    session: int
+    turn_id: str
+    kind: TurnKind
+
+
 # -- control channel (any thread -> engine thread) ----------------------------------------
 @dataclass(frozen=True, slots=True)
 class Submitted:
-    """A new request (caller thread). Sent before its PrepJob, so it is known before any reply."""
+    """A new request (caller thread). Sent before its PrepJob, so it is known before any reply.
+    A conversation's turn says which (`turn`); its params carry the segments (VOICE, CONTEXT)
+    or the piece's text (SPEAK)."""
 
     id: int
     params: SynthesisParams
@@ -38,6 +58,7 @@ class Submitted:
     seed: int
     max_frames: int
     t_arrival: float
+    turn: Turn | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +89,9 @@ class Prepared:
     id: int
     prompt: Prompt
     sampling: SamplingParams
+    block_hashes: tuple[bytes, ...] = ()  # of the prompt's whole chunks, when the prefix cache is on
+    text_lens: tuple[int, ...] = ()  # conversation turns: text positions of each segment, in order
+    lengths: tuple[int, ...] = ()  # conversation turns: all positions of each segment, in order
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +111,36 @@ class StreamFailed:
     error: str
 
 
-Control = Submitted | Cancel | Pause | Resume | Prepared | PrepFailed | StreamFailed
+@dataclass(frozen=True, slots=True)
+class SessionOpen:
+    """A conversation opens (its VOICE turn follows as a Submitted)."""
+
+    session: int
+    label: str  # the caller's conversation id, for logs
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInterrupt:
+    """Barge-in: the turn being spoken stops; the context keeps `heard_frames` of its audio
+    (None: all that was generated), or none of the turn (`remove`: it failed). `sink` gets one
+    Finished with the context afterwards."""
+
+    session: int
+    turn_id: str
+    heard_frames: int | None
+    sink: RequestStream
+    remove: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClose:
+    """The conversation ended: its running turn is cancelled and its slot freed."""
+
+    session: int
+
+
+Control = (Submitted | Cancel | Pause | Resume | Prepared | PrepFailed | StreamFailed | SessionOpen | SessionInterrupt
+           | SessionClose)
 
 
 # -- engine thread -> prep thread ---------------------------------------------------------
@@ -96,6 +149,7 @@ class PrepJob:
     id: int
     params: SynthesisParams
     max_frames: int
+    turn: TurnKind | None = None  # a conversation's: frame its segments or its text alone
 
 
 # -- engine thread -> Mimi thread -> output workers ----------------------------------------
@@ -136,6 +190,7 @@ class StreamEnd:
     t_arrival: float
     t_admitted: float
     t_finished: float
+    context: ContextState | None = None  # a conversation's piece: the context once it is kept
 
 
 @dataclass(frozen=True, slots=True)

@@ -154,7 +154,8 @@ class OutputStage:
             reason=reason, frames=end.frames, prompt_frames=end.prompt_frames,
             queue_s=end.t_admitted - end.t_arrival,
             ttfa_s=None if out.t_first_audio is None else out.t_first_audio - end.t_arrival,
-            total_s=end.t_finished - end.t_arrival, watermarked=self.watermarker is not None, error=error))
+            total_s=end.t_finished - end.t_arrival, watermarked=self.watermarker is not None, error=error,
+            context=end.context))
 
     def _emit(self, w: _Worker, msg: PcmFrames | StreamEnd, out: _StreamOut, frames: int) -> None:
         """The stream's next `frames` frames as one chunk."""

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class EngineParts:
-    runner: ModelRunner  # anything with max_seq, device, new_state(), run()
+    runner: ModelRunner  # anything with max_seq, device, kv_blocks, new_state(), run()
     tokenizer: TextTokenizer
     codec: MimiCodec  # anything with device, encode(), stream_decoder()
     watermarker: Watermarker | None
@@ -68,7 +68,8 @@ def load_parts(config: EngineConfig) -> EngineParts:
         decoder_layers=decoder.num_layers, decoder_dim=decoder.embed_dim,
     )
     return EngineParts(
-        runner=ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs),
+        runner=ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs,
+                           prefix_cache_bytes=config.prefix_cache_mb * 2**20, prefill_chunk=config.prefill_chunk),
         tokenizer=tokenizer, codec=codec, watermarker=watermarker, card=card,
     )
 
@@ -79,7 +80,8 @@ def engine_info(config: EngineConfig, parts: EngineParts) -> EngineInfo:
         max_text_chars=config.max_text_chars, max_context_segments=config.max_context_segments,
         max_speaker_id=config.max_speaker_id, max_audio_ms=config.max_audio_ms,
         default_max_audio_ms=config.default_max_audio_ms, max_context_audio_s=config.max_context_audio_s,
-        max_request_id_chars=config.max_request_id_chars,
+        max_request_id_chars=config.max_request_id_chars, max_conversations=config.max_conversations,
+        conversation_idle_s=config.conversation_idle_s, conversation_max_lifetime_s=config.conversation_max_lifetime_s,
     )
     card = {f.name: getattr(parts.card, f.name) for f in fields(ModelCard)}
     return EngineInfo(**card, num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,

@@ -21,12 +21,13 @@ import torch
 
 from csm_core.audio_io import AudioDecodeError, decode_audio, resample
 from csm_core.constants import SAMPLE_RATE
-from csm_core.framing import Segment, build_prompt
+from csm_core.framing import Prompt, Segment, build_prompt, segment_frames
 from csm_core.mimi import MimiCodec
 from csm_core.sampling import SamplingParams
 from csm_core.text import TextTokenizer
 from server.engine import rules
-from server.engine.messages import Control, Prepared, PrepFailed, PrepJob, Stop
+from server.engine.kv_blocks import block_hashes
+from server.engine.messages import Control, Prepared, PrepFailed, PrepJob, Stop, TurnKind
 from server.engine.types import EncodedAudio, EngineLimits, Violation
 
 log = logging.getLogger(__name__)
@@ -53,8 +54,9 @@ class _Work:
 
 class PrepWorker:
     def __init__(self, tokenizer: TextTokenizer, codec: MimiCodec, limits: EngineLimits,
-                 report: Callable[[Control], None], torch_threads: int | None = None):
+                 report: Callable[[Control], None], torch_threads: int | None = None, block_positions: int = 0):
         self._tokenizer = tokenizer
+        self._block_positions = block_positions  # the prefix cache's block (0: off): prompts get their hashes
         self._codec = codec
         self._limits = limits
         self._report = report  # the engine's control channel
@@ -144,19 +146,29 @@ class PrepWorker:
                     w.error = f"context[{i}].audio could not be encoded: {e}"
 
     def _build(self, w: _Work) -> None:
-        p = w.job.params
+        p, kind = w.job.params, w.job.turn
         try:
             segments = [Segment(seg.speaker, seg.text, _stored(seg.codes) if seg.codes is not None else w.codes.get(i))
                         for i, seg in enumerate(p.context)]
-            prompt = build_prompt(self._tokenizer, segments, p.speaker, p.text)
+            if kind in (TurnKind.VOICE, TurnKind.CONTEXT):  # a conversation's segments, each framed alone
+                framed = [segment_frames(self._tokenizer, seg) for seg in segments]
+                prompt = Prompt(torch.cat([f[0] for f in framed]), torch.cat([f[1] for f in framed]))
+                lengths = dict(text_lens=tuple(f[2] for f in framed), lengths=tuple(len(f[0]) for f in framed))
+            else:  # a request's whole prompt, or a speak turn's text (the engine puts the context before it)
+                prompt = build_prompt(self._tokenizer, segments, p.speaker, p.text)
+                lengths = {}
         except Exception as e:
             w.error = f"the prompt could not be built: {e}"
+            return
+        if kind is not None:  # a conversation's window is the engine's to manage (server/engine/sessions.py)
+            self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k), **lengths))
             return
         violation = rules.check_prompt_fits(len(prompt), w.job.max_frames, self._limits)
         if violation is not None:
             w.violations.append(violation)
             return
-        self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k)))
+        hashes = block_hashes(prompt, self._block_positions) if self._block_positions else ()
+        self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k), hashes))
 
 
 def _stored(codes: np.ndarray) -> torch.Tensor:

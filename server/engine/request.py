@@ -7,7 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.messages import StreamRef
+from server.engine.messages import StreamRef, Turn
 from server.engine.stream import RequestStream
 from server.engine.types import FinishReason, SynthesisParams, Violation
 
@@ -29,10 +29,17 @@ class Request:
     max_frames: int
     t_arrival: float
     status: RequestStatus = RequestStatus.PREPARING
-    prompt_len: int = 0  # backbone positions of the prompt, known once prepared
+    prompt_len: int = 0  # absolute end of the prompt (its last position + 1), known once prepared
     slot: int | None = None
     stream: StreamRef | None = None  # set when it gets a slot
-    num_prefilled: int = 0  # prompt positions already in the KV cache
+    # Prompt positions already in the slot's KV (absolute): the prompt's start (0, or where a
+    # conversation's kept rows end), then cached prefix rows copied at admission, then chunks.
+    num_prefilled: int = 0
+    session: int | None = None  # the conversation whose slot it runs in (server/engine/sessions.py)
+    turn: Turn | None = None  # which of the conversation's turns it is
+    # Chain hashes of the prompt's whole prefill chunks (server/engine/prefix_cache.py) when
+    # its prompt starts at 0 and the prefix cache is on; empty: nothing to look up or keep.
+    block_hashes: tuple[bytes, ...] = ()
     num_frames: int = 0  # generated frames (EOS not counted)
     paused_since: float | None = None  # its reader is behind: no frames until it catches up
     finish_reason: FinishReason | None = None

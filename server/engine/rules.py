@@ -29,6 +29,10 @@ from server.engine.types import (
 
 Check = Callable[[Any, EngineLimits], str | None]  # a field's value -> what is wrong, or None
 
+# Room a prompt prefix (a voice, a conversation's context) must leave for a request at the
+# default length: this many text positions plus default_max_audio_ms of frames.
+ROOM_TEXT_POSITIONS = 64
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -157,9 +161,11 @@ RULES: tuple[Rule, ...] = (
 )
 
 
-def _violations(params: SynthesisParams, limits: EngineLimits) -> Iterator[Violation]:
+def _violations(params: SynthesisParams, limits: EngineLimits, segments_only: bool = False) -> Iterator[Violation]:
     segments = params.context[: limits.max_context_segments]
     for rule in RULES:
+        if segments_only and not (rule.per_segment or rule.field == "context"):
+            continue
         targets = enumerate(segments) if rule.per_segment else [(None, params)]
         for i, target in targets:
             problem = rule.check(rule.value(target), limits)
@@ -170,6 +176,11 @@ def _violations(params: SynthesisParams, limits: EngineLimits) -> Iterator[Viola
 def check(params: SynthesisParams, limits: EngineLimits) -> list[Violation]:
     """Every violation that can be found without decoding or tokenizing."""
     return list(_violations(params, limits))
+
+
+def check_segments(segments: tuple[ContextSegment, ...], limits: EngineLimits) -> list[Violation]:
+    """The rules of context segments alone (a conversation's context turn, as `context[i]`)."""
+    return list(_violations(SynthesisParams(text="", context=segments), limits, segments_only=True))
 
 
 def max_frames(params: SynthesisParams, limits: EngineLimits) -> int:
@@ -199,3 +210,18 @@ def check_prompt_fits(prompt_len: int, frames: int, limits: EngineLimits) -> Vio
             else "shorten the context (fewer or shorter segments) or the text")
     return Violation("max_audio_ms", f"the prompt takes {prompt_len} of {limits.max_seq_len} positions and "
                                      f"{frames} frames do not fit: {hint}")
+
+
+def room_to_speak(limits: EngineLimits) -> int:
+    return ROOM_TEXT_POSITIONS + limits.default_max_audio_ms // FRAME_MS
+
+
+def check_turn_fits(turn_positions: int, voice_positions: int, limits: EngineLimits) -> Violation | None:
+    """A conversation's context turn must fit the window beside the voice, with room to speak."""
+    room = room_to_speak(limits)
+    if voice_positions + turn_positions + room <= limits.max_seq_len:
+        return None
+    most = max(0, limits.max_seq_len - voice_positions - room)
+    return Violation("context[0]", f"the turn takes {turn_positions} positions; beside the voice's "
+                                   f"{voice_positions} and room to speak ({room}) at most {most} fit the "
+                                   f"window of {limits.max_seq_len}: send shorter audio")

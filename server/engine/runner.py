@@ -15,6 +15,7 @@ from csm_core.framing import Prompt
 from csm_core.generate import prefill_slot
 from csm_core.model import CSMModel
 from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from server.engine.kv_blocks import KVBlockPool
 from server.engine.request import Request
 from server.engine.scheduler import SchedulerOutput
 
@@ -39,12 +40,15 @@ class StepResult:
 
 
 class ModelRunner:
-    def __init__(self, model: CSMModel, max_slots: int, max_seq: int, cuda_graphs: bool = True):
+    def __init__(self, model: CSMModel, max_slots: int, max_seq: int, cuda_graphs: bool = True,
+                 prefix_cache_bytes: int = 0, prefill_chunk: int = 64):
         self.model = model
         self.device = model.audio_head.device
         model.setup_caches(max_slots, max_seq)
         self.max_slots = max_slots
         self.max_seq = model.max_seq
+        pool = KVBlockPool(model, prefix_cache_bytes, prefill_chunk) if prefix_cache_bytes > 0 else None
+        self.kv_blocks = pool if pool is not None and pool.num_blocks > 0 else None  # the prefix cache's rows
         self.sample_frames = sample_frames
         if cuda_graphs and self.device.type == "cuda":
             from csm_core.cuda_graphs import GraphedFrameSampler
@@ -62,12 +66,22 @@ class ModelRunner:
         producers: list[Request] = []
         hs: list[torch.Tensor] = []
         failed: list[tuple[Request, str]] = []
+        for load in plan.loads:
+            try:
+                self.kv_blocks.load(load.request.slot, load.blocks)
+            except Exception as e:
+                failed.append((load.request, f"copying the cached prefix failed: {e}"))
+        saves = {}
+        for save in plan.saves:
+            saves.setdefault(id(save.chunk), []).append(save)
         for chunk in plan.prefill:
             req = chunk.request
             if any(r is req for r, _ in failed):
                 continue
             try:
                 h = prefill_slot(self.model, req.slot, req.state.prompt, chunk.start, chunk.end)
+                for save in saves.get(id(chunk), ()):
+                    self.kv_blocks.save(req.slot, chunk.start, save.block)
             except Exception as e:  # one request's bad input must not stop the others
                 failed.append((req, f"prefill failed: {e}"))
                 continue

@@ -1,19 +1,36 @@
 """Admission and per-step planning. Torch-free.
 
-The rule: each step, every decoding request produces one frame (unless its reader asked for a
-pause), and the prefill budget is spent on prompt chunks of requests that have a slot, oldest
-first. A request whose last prompt chunk is computed this step produces its first frame in the
-same step. Long prompts are thus prefilled over several steps while the others keep decoding. The budget bounds how
-much a step can delay the decoding streams' next frames; a step with no stream decoding
-delays nobody, so it gets the larger idle budget (a burst into an idle server is admitted in
-one step).
+The rule: a request's computed positions catch up with its prompt, then it makes one frame per
+step.
+
+- Slots. A slot has one holder: a one-shot request while it runs, or a conversation (session)
+  from its first admitted turn until it is closed, idles out or its slot is reclaimed. A turn of
+  a session that holds a slot runs in that slot and never waits for one. Other requests take
+  slots first come, first served: a free slot, else the slot of the session that has been idle
+  the longest (holding a slot, no turn in the engine); that session's next turn queues for a
+  slot and prefills its context again.
+- Computed positions. A request's prompt starts where its slot's KV ends: 0, or after the rows
+  a session keeps. At admission, a prompt that starts at 0 copies the longest cached prefix
+  (whole prefill chunks of the prefix cache, server/engine/prefix_cache.py; never the last
+  prompt position, whose hidden state makes the first frame). Neither costs prefill budget.
+- Budget. Each step every decoding request makes one frame (unless its reader asked for a pause:
+  server/engine/stream.py), and the prefill budget is spent on
+  the positions still missing, oldest request first, in chunks aligned to multiples of
+  prefill_chunk whatever the budget and wherever the prompt starts: the boundaries a cold
+  prefill uses, so rows copied from the cache equal the rows it would compute, bit for bit.
+  A request whose last chunk is computed makes its first frame in the same step. The budget
+  bounds how much a step delays the decoding streams; a step with no stream decoding delays
+  nobody and gets the larger idle budget (a burst into an idle server is admitted in one step).
+- Keeping prefixes. A whole aligned chunk of a prompt that starts at 0 is saved to the prefix
+  cache in the step that computes it, unless a block holds it already.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from server.engine.prefix_cache import PrefixIndex
 from server.engine.request import Request, RequestStatus
 
 
@@ -50,11 +67,30 @@ class PrefillChunk:
         return self.end >= self.request.prompt_len
 
 
+@dataclass(slots=True, frozen=True)
+class BlockLoad:
+    """Copy these prefix-cache blocks into rows [0, len(blocks) * chunk) of the request's slot."""
+
+    request: Request
+    blocks: list[int]
+
+
+@dataclass(slots=True, frozen=True)
+class BlockSave:
+    """Once `chunk` is prefilled, copy its rows into `block` (then commit it)."""
+
+    chunk: PrefillChunk
+    block: int
+
+
 @dataclass(slots=True)
 class SchedulerOutput:
-    admitted: list[Request] = field(default_factory=list)  # got a slot this step
+    admitted: list[Request] = field(default_factory=list)  # got a slot this step (or their session's)
+    loads: list[BlockLoad] = field(default_factory=list)
     prefill: list[PrefillChunk] = field(default_factory=list)
+    saves: list[BlockSave] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)  # feed back their last frame, make a new one
+    reclaimed: list[int] = field(default_factory=list)  # sessions whose idle slot was taken
 
     @property
     def num_prefill_tokens(self) -> int:
@@ -63,29 +99,32 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, num_slots: int, prefill_chunk: int, prefill_budget: int,
-                 idle_prefill_budget: int | None = None):
+                 idle_prefill_budget: int | None = None, prefix: PrefixIndex | None = None):
+        if prefix is not None and prefix.block_positions != prefill_chunk:
+            raise ValueError("prefix cache blocks must be prefill_chunk positions long")
         self.slots = SlotPool(num_slots)
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget
         self.idle_prefill_budget = max(prefill_budget, idle_prefill_budget or 0)
+        self.prefix = prefix
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order
+        self.held: OrderedDict[int, int] = OrderedDict()  # session -> its slot, least recently used first
 
     def add(self, request: Request) -> None:
-        """A prepared request (its prompt length is known) queues for a slot."""
+        """A prepared request (its prompt is known) queues for a slot, or for its session's."""
         request.status = RequestStatus.WAITING
         self.waiting.append(request)
 
+    def slot_of(self, session: int) -> int | None:
+        return self.held.get(session)
+
     def schedule(self) -> SchedulerOutput:
         out = SchedulerOutput()
-        while self.waiting and self.slots.can_allocate():
-            req = self.waiting.popleft()
-            req.slot = self.slots.allocate()
-            req.status = RequestStatus.PREFILLING
-            self.running.append(req)
-            out.admitted.append(req)
+        self._admit(out)
         decoding = any(req.status is RequestStatus.DECODING for req in self.running)
         budget = self.prefill_budget if decoding else self.idle_prefill_budget
+        c = self.prefill_chunk
         for req in self.running:
             if req.status is RequestStatus.DECODING:
                 if req.paused_since is None:
@@ -93,11 +132,12 @@ class Scheduler:
                 continue
             start = req.num_prefilled
             while budget > 0 and start < req.prompt_len:
-                # chunks are aligned to multiples of prefill_chunk, whatever the budget
-                end = min((start // self.prefill_chunk + 1) * self.prefill_chunk, req.prompt_len)
+                end = min((start // c + 1) * c, req.prompt_len)  # aligned, whatever the budget
                 if end - start > budget:
                     break
-                out.prefill.append(PrefillChunk(req, start, end))
+                chunk = PrefillChunk(req, start, end)
+                out.prefill.append(chunk)
+                self._keep(chunk, out)
                 budget -= end - start
                 start = end
             if start < req.prompt_len:
@@ -105,19 +145,81 @@ class Scheduler:
         return out
 
     def has_work(self) -> bool:
-        """Whether a step would do anything: admit, prefill, or make a frame (a paused request makes none)."""
-        if self.waiting and self.slots.can_allocate():
+        """Whether a step would do anything: prefill, make a frame (a paused request makes none),
+        or admit a waiting request into a slot it can have."""
+        if any(r.status is not RequestStatus.DECODING or r.paused_since is None for r in self.running):
             return True
-        return any(r.status is not RequestStatus.DECODING or r.paused_since is None for r in self.running)
+        if not self.waiting:
+            return False
+        if self.slots.can_allocate() or any(r.session in self.held for r in self.waiting if r.session is not None):
+            return True
+        busy = {r.session for r in self.running} | {r.session for r in self.waiting}
+        return any(s not in busy for s in self.held)
+
+    def _admit(self, out: SchedulerOutput) -> None:
+        """Turns of sessions holding a slot first (they wait for nobody), then the others in
+        order while a slot can be found."""
+        for req in [r for r in self.waiting if r.session is not None and r.session in self.held]:
+            self.waiting.remove(req)
+            self.held.move_to_end(req.session)
+            self._start(req, self.held[req.session], out)
+        while self.waiting:
+            slot = self._free_slot(out)
+            if slot is None:
+                return
+            req = self.waiting.popleft()
+            if req.session is not None:
+                self.held[req.session] = slot
+            self._start(req, slot, out)
+
+    def _free_slot(self, out: SchedulerOutput) -> int | None:
+        if self.slots.can_allocate():
+            return self.slots.allocate()
+        busy = {r.session for r in self.running} | {r.session for r in self.waiting}
+        idle = next((s for s in self.held if s not in busy), None)
+        if idle is None:
+            return None
+        out.reclaimed.append(idle)
+        return self.held.pop(idle)
+
+    def _start(self, req: Request, slot: int, out: SchedulerOutput) -> None:
+        req.slot = slot
+        req.status = RequestStatus.PREFILLING
+        self.running.append(req)
+        out.admitted.append(req)
+        if self.prefix is not None and req.block_hashes and req.num_prefilled == 0:
+            blocks = self.prefix.match(req.block_hashes, (req.prompt_len - 1) // self.prefill_chunk)
+            if blocks:
+                req.num_prefilled = len(blocks) * self.prefill_chunk
+                out.loads.append(BlockLoad(req, blocks))
+
+    def _keep(self, chunk: PrefillChunk, out: SchedulerOutput) -> None:
+        k, c = divmod(chunk.start, self.prefill_chunk)
+        hashes = chunk.request.block_hashes
+        if self.prefix is None or c or k >= len(hashes) or chunk.end - chunk.start != self.prefill_chunk:
+            return
+        block = self.prefix.allocate(hashes[k])
+        if block is not None:
+            out.saves.append(BlockSave(chunk, block))
 
     def finish(self, req: Request) -> None:
-        """Release a request's slot (it must have one) or take it off the waiting queue."""
+        """A request ends: its slot is freed, unless its session holds it; or it leaves the queue."""
         if req in self.running:
             self.running.remove(req)
-            self.slots.free(req.slot)
+            if req.session is None or self.held.get(req.session) != req.slot:
+                self.slots.free(req.slot)
         elif req in self.waiting:
             self.waiting.remove(req)
         req.status = RequestStatus.FINISHED
+
+    def release(self, session: int) -> bool:
+        """A session gives its slot back (closed, idle). Its turn must have ended. True when it held one."""
+        if session not in self.held:
+            return False
+        if any(r.session == session for r in self.running):
+            raise RuntimeError(f"session {session} still has a turn running in slot {self.held[session]}")
+        self.slots.free(self.held.pop(session))
+        return True
 
     @property
     def num_waiting(self) -> int:

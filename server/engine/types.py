@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from server.engine.prefix_cache import PrefixCacheStats
+
 
 class FinishReason(enum.Enum):
     EOS = "eos"  # the model produced its all-zero end-of-utterance frame
@@ -83,6 +85,15 @@ class AudioOut:
 
 
 @dataclass(slots=True, frozen=True)
+class ContextState:
+    """A conversation's context after one of its turns (or a piece of one) was applied."""
+
+    positions: int  # backbone positions the context takes
+    turns: int  # turns in it, the voice's segments not counted
+    dropped: tuple[str, ...] = ()  # turns dropped from its start to make room, oldest first
+
+
+@dataclass(slots=True, frozen=True)
 class Finished:
     """The last event of every stream."""
 
@@ -95,6 +106,7 @@ class Finished:
     watermarked: bool
     error: str | None = None  # set when reason is ERROR or CANCELLED by the server
     violations: tuple[Violation, ...] = ()  # set when reason is INVALID
+    context: ContextState | None = None  # a conversation's turn: its context once the turn is applied
 
 
 Event = AudioOut | Finished
@@ -122,6 +134,10 @@ class QueueFull(Exception):
         super().__init__(message)
 
 
+class TooManyConversations(QueueFull):
+    """As many conversations are open as the server allows (RESOURCE_EXHAUSTED + RetryInfo)."""
+
+
 class EngineUnavailable(Exception):
     """The engine is not accepting work: warming up, draining or stopped (maps to UNAVAILABLE)."""
 
@@ -140,6 +156,9 @@ class EngineLimits:
     default_max_audio_ms: int
     max_context_audio_s: float  # each context segment's audio
     max_request_id_chars: int
+    max_conversations: int = 0  # open conversations (Converse calls) at once; 0: none
+    conversation_idle_s: float = 0.0  # a conversation without a turn this long gives its slot back
+    conversation_max_lifetime_s: float = 0.0  # a conversation ends this long after it opened (0: no limit)
 
 
 @dataclass(slots=True, frozen=True)
@@ -173,12 +192,15 @@ class EngineInfo(ModelCard):
 class EngineStats:
     """A snapshot of the engine's load, published by the engine thread; cheap to read anywhere."""
 
-    slots_in_use: int
+    slots_in_use: int  # running a request, or held by a conversation between its turns
     max_slots: int
     requests_waiting: int  # submitted, no slot yet (context being prepared, or queued)
     requests_prefilling: int
     requests_decoding: int
     requests_paused: int = 0  # decoding requests paused until their reader catches up
+    conversations: int = 0  # open
+    conversations_holding_slots: int = 0
+    prefix_cache: PrefixCacheStats | None = None  # None: the prefix cache is off
 
 
 @dataclass(slots=True, frozen=True)

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from csm_core.constants import FRAME_MS, FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
+from server.engine.rules import ROOM_TEXT_POSITIONS
 from server.engine.types import EngineLimits, InvalidRequest, Violation
 from server.voices.config import VoicesConfig
 from server.voices.store import VoiceStore, to_bytes
@@ -26,11 +27,6 @@ from server.voices.types import (
 )
 
 log = logging.getLogger(__name__)
-
-# A voice must leave room for a request at the default length: this many text positions plus
-# EngineLimits.default_max_audio_ms of frames.
-ROOM_TEXT_POSITIONS = 64
-
 
 @dataclass(slots=True, frozen=True)
 class Clip:
@@ -79,7 +75,7 @@ class VoiceLimits:
 
     @classmethod
     def for_engine(cls, engine: EngineLimits, config: VoicesConfig) -> VoiceLimits:
-        room = ROOM_TEXT_POSITIONS + engine.default_max_audio_ms // FRAME_MS
+        room = ROOM_TEXT_POSITIONS + engine.default_max_audio_ms // FRAME_MS  # a voice leaves room to speak
         return cls(max_voices=config.max_voices, max_bytes=config.max_bytes,
                    max_segments=engine.max_context_segments, max_text_chars=engine.max_text_chars,
                    max_speaker_id=engine.max_speaker_id, max_segment_audio_s=engine.max_context_audio_s,

@@ -233,16 +233,11 @@ def test_deleting_a_voice_does_not_disturb_its_streams(engine, mimi_encoder, tmp
         assert sum(c.num_samples for c in [first, *rest]) == stream.result.audio_samples
 
 
-def test_voices_service_is_reflected_and_converse_is_not_served_yet(engine, mimi_encoder, tmp_path):
+def test_voices_service_is_reflected(engine, mimi_encoder, tmp_path):
     with voice_server(engine, mimi_encoder, tmp_path) as (client, _):
         with grpc.insecure_channel(client.connection.target) as channel:
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
         assert "csm.v1.Voices" in services and "csm.v1.Speech" in services
-        conversation = client.converse(voice="", timeout=30)
-        conversation.close()
-        with pytest.raises(grpc.RpcError) as exc:
-            list(conversation)
-        assert exc.value.code() is grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_csm_voice_and_csm_say_with_a_voice(engine, mimi_encoder, tmp_path, capsys):

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 	"testing"
 	"time"
 
@@ -72,17 +73,76 @@ func TestLiveVoiceLifecycle(t *testing.T) {
 	}
 }
 
-func TestLiveConverseIsNotServedYet(t *testing.T) {
+// TestLiveConverse holds a conversation with a stored voice: a user turn with audio, a turn
+// sent whole, a turn whose text streams in, and a malformed turn that fails alone.
+func TestLiveConverse(t *testing.T) {
 	c, ctx := dialLive(t)
-	conv, err := c.Converse(ctx, &csmv1.ConversationConfig{})
+	name := fmt.Sprintf("go-converse-%d", time.Now().UnixNano())
+	seg := &csmv1.Segment{Speaker: 0, Text: "This is how I sound.", Audio: &csmv1.AudioInput{Data: sineWAV()}}
+	voice, err := c.CreateVoice(ctx, name, []*csmv1.Segment{seg}, "")
+	if err != nil {
+		t.Fatal(csm.Describe(err))
+	}
+	defer c.DeleteVoice(ctx, name, true)
+	seed := uint64(3)
+	conv, err := c.Converse(ctx, &csmv1.ConversationConfig{Voice: name, Sampling: &csmv1.Sampling{Seed: &seed},
+		MaxAudioMs: liveMaxMs})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conv.Close()
-	if err := conv.CloseSend(); err != nil {
-		t.Fatal(err)
+	go func() {
+		conv.AddContext("", &csmv1.Segment{Speaker: 1, Text: "How are you?", Audio: &csmv1.AudioInput{Data: sineWAV()}})
+		conv.Speak(&csmv1.SpeakTurn{Text: "Fine, thanks."})
+		bad := uint32(99)
+		conv.Speak(&csmv1.SpeakTurn{TurnId: "bad", Text: "Who?", Speaker: &bad})
+		conv.Speak(&csmv1.SpeakTurn{TurnId: "streamed", MoreText: true})
+		conv.SendText("It has been a long day. ", false, false)
+		conv.SendText("But a good one", false, true)
+		conv.CloseSend()
+	}()
+	var kinds []string
+	results := map[string]*csmv1.SynthesisResult{}
+	var turnErr error
+	for {
+		msg, err := conv.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatalf("Recv: %v", csm.Describe(err))
+		}
+		switch {
+		case msg.GetStarted() != nil:
+			if got := msg.GetStarted().GetContextFrames(); got != voice.GetPromptFrames() {
+				t.Errorf("started with %d context frames, want the voice's %d", got, voice.GetPromptFrames())
+			}
+			kinds = append(kinds, "started")
+		case msg.GetAudio() != nil:
+			if k := msg.GetTurnId() + " audio"; kinds[len(kinds)-1] != k {
+				kinds = append(kinds, k)
+			}
+		case msg.GetResult() != nil:
+			results[msg.GetTurnId()] = msg.GetResult()
+			kinds = append(kinds, msg.GetTurnId()+" result")
+		case msg.GetContext() != nil:
+			kinds = append(kinds, msg.GetTurnId()+" context")
+		case msg.GetError() != nil:
+			turnErr = csm.TurnError(msg)
+			kinds = append(kinds, msg.GetTurnId()+" error")
+		}
 	}
-	if _, err := conv.Recv(); err == io.EOF || status.Code(err) != codes.Unimplemented {
-		t.Fatalf("Converse: %v, want Unimplemented until the server runs conversations", err)
+	want := "started,turn-1 context,turn-2 audio,turn-2 result,turn-2 context,bad error," +
+		"streamed audio,streamed result,streamed context"
+	if got := strings.Join(kinds, ","); got != want {
+		t.Fatalf("messages:\n got %s\nwant %s", got, want)
+	}
+	if status.Code(turnErr) != codes.InvalidArgument {
+		t.Errorf("the malformed turn: %v, want InvalidArgument", turnErr)
+	}
+	for id, res := range results {
+		if res.GetFrames() == 0 || res.GetRequestId() != id {
+			t.Errorf("turn %s: %v", id, res)
+		}
 	}
 }

@@ -980,7 +980,8 @@ type ModelInfo struct {
 	DefaultMaxAudioMs uint32 `protobuf:"varint,21,opt,name=default_max_audio_ms,json=defaultMaxAudioMs,proto3" json:"default_max_audio_ms,omitempty"`
 	// Watermarking of the output.
 	WatermarkEnabled bool `protobuf:"varint,22,opt,name=watermark_enabled,json=watermarkEnabled,proto3" json:"watermark_enabled,omitempty"`
-	// Current load: slots decoding or prefilling a request.
+	// Current load: slots decoding or prefilling a request, or held by a conversation between
+	// its turns.
 	SlotsInUse uint32 `protobuf:"varint,23,opt,name=slots_in_use,json=slotsInUse,proto3" json:"slots_in_use,omitempty"`
 	// Current load: requests waiting for a slot.
 	RequestsWaiting uint32 `protobuf:"varint,24,opt,name=requests_waiting,json=requestsWaiting,proto3" json:"requests_waiting,omitempty"`
@@ -1435,7 +1436,8 @@ type ContextTurn struct {
 	// among all the conversation's turns).
 	TurnId string `protobuf:"bytes,1,opt,name=turn_id,json=turnId,proto3" json:"turn_id,omitempty"`
 	// Who spoke, what they said and (optionally) how it sounded. The audio is encoded once,
-	// when the turn arrives; a segment with an empty text is rejected.
+	// when the turn is applied (after the turns sent before it); a segment with an empty text is
+	// rejected, and so is one too long to fit the context beside the voice with room to speak.
 	Segment       *Segment `protobuf:"bytes,2,opt,name=segment,proto3" json:"segment,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1832,8 +1834,9 @@ type ConverseResponse_Audio struct {
 type ConverseResponse_Result struct {
 	// The last message of a speak turn's audio: how it ended (EOS, LENGTH when a piece was
 	// cut at max_audio_ms, CANCELLED when interrupted) and what it produced. `request_id` is
-	// the turn id; `prompt_frames` the context positions the turn started from; the times
-	// count from the arrival of the turn's `speak` message.
+	// the turn id; `prompt_frames` the positions the model read before the turn's first frame
+	// (the context and the first piece's text); `frames` counts every piece's; the times count
+	// from the arrival of the turn's `speak` message.
 	Result *SynthesisResult `protobuf:"bytes,4,opt,name=result,proto3,oneof"`
 }
 

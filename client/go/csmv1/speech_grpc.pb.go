@@ -63,8 +63,9 @@ type SpeechClient interface {
 	// what ends the whole conversation: a first message that is not `config`, a second
 	// `config`, a `text` piece with no open speak turn (INVALID_ARGUMENT); an unknown voice
 	// (NOT_FOUND); too many conversations (RESOURCE_EXHAUSTED with google.rpc.RetryInfo); the
-	// conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE).
-	// A server that does not run conversations yet answers UNIMPLEMENTED.
+	// conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE, between
+	// turns). The context is kept as codes and text tokens, never as audio: a generated turn's
+	// own codes, not its audio encoded again.
 	Converse(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ConverseRequest, ConverseResponse], error)
 }
 
@@ -157,8 +158,9 @@ type SpeechServer interface {
 	// what ends the whole conversation: a first message that is not `config`, a second
 	// `config`, a `text` piece with no open speak turn (INVALID_ARGUMENT); an unknown voice
 	// (NOT_FOUND); too many conversations (RESOURCE_EXHAUSTED with google.rpc.RetryInfo); the
-	// conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE).
-	// A server that does not run conversations yet answers UNIMPLEMENTED.
+	// conversation's lifetime limit passed (RESOURCE_EXHAUSTED); draining (UNAVAILABLE, between
+	// turns). The context is kept as codes and text tokens, never as audio: a generated turn's
+	// own codes, not its audio encoded again.
 	Converse(grpc.BidiStreamingServer[ConverseRequest, ConverseResponse]) error
 	mustEmbedUnimplementedSpeechServer()
 }
