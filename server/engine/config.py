@@ -28,7 +28,7 @@ class EngineConfig:
     idle_prefill_budget: int = 512  # the same when no stream is decoding (nobody to delay)
     max_seq_len: int | None = None  # backbone positions per slot (default: the model's)
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
-    cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
+    cuda_graphs: bool = True  # CUDA: replay each step (backbone position, frame) from graphs per batch bucket
     # CPU: intra-op threads of each pipeline thread (model, Mimi, output, context prep). They run
     # concurrently, so each gets a share of the cores; None: half the usable cores (at least 1).
     torch_threads: int | None = None
