@@ -21,3 +21,6 @@ DEFAULT_MAX_AUDIO_MS = 90_000
 
 # Public watermark key of CSM-1B (published with the model; deployments should set their own).
 CSM_PUBLIC_WATERMARK_KEY = (212, 211, 146, 56, 201)
+
+# Weight quantization of the backbone and depth decoder (csm_core/quantize.py)
+QUANTIZE_MODES = ("none", "int8-weight", "float8")

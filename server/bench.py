@@ -27,7 +27,7 @@ import torch
 from csm_core.audio_io import resample
 from csm_core.checkpoint import load_model
 from csm_core.config import PRESETS
-from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, FRAME_MS, MIMI_CODEBOOK_SIZE, SAMPLE_RATE
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, FRAME_MS, MIMI_CODEBOOK_SIZE, QUANTIZE_MODES, SAMPLE_RATE
 from csm_core.framing import Segment, build_prompt
 from csm_core.generate import generate
 from csm_core.mimi import DEFAULT_REPO as MIMI_REPO
@@ -355,7 +355,7 @@ class EngineBench:
         return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
                 "idle_prefill_budget": c.idle_prefill_budget,
                 "torch_threads": self.engine.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
-                "output_workers": self.engine.output_workers}
+                "output_workers": self.engine.output_workers, "quantize": c.quantize, "cuda_graphs": c.cuda_graphs}
 
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
                     tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
@@ -514,6 +514,12 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csm-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -542,6 +548,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, help="engine: intra-op threads per pipeline thread (default: the engine's)")
     p.add_argument("--mimi-frames-per-call", type=int, help="engine: most steps merged into one Mimi call")
     p.add_argument("--output-workers", type=int, help="engine: output (watermark) threads (default: the engine's)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="engine: backbone and depth decoder weights (default: none)")
+    p.add_argument("--cuda-graphs", type=_on_off, metavar="{on,off}",
+                   help="engine on CUDA: replay each step from CUDA graphs (default: on)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     return p
@@ -603,7 +612,8 @@ def format_table(runs: list[dict]) -> str:
 
 def engine_tuning(args: argparse.Namespace) -> dict:
     """EngineConfig fields set on the command line (the others keep the engine's defaults)."""
-    names = ("prefill_budget", "idle_prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers")
+    names = ("prefill_budget", "idle_prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers",
+             "quantize", "cuda_graphs")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 

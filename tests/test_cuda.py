@@ -1,11 +1,12 @@
 """The production CUDA path: graphed decode step, compiled FlexAttention, fused prefill attention,
-bf16. Skipped on machines without CUDA (scripts/gpu_check.sh runs it on a GPU)."""
+bf16, quantization. Skipped on machines without CUDA (scripts/gpu_check.sh runs it on a GPU)."""
 
 import pytest
 import torch
 
 from csm_core.checkpoint import load_model
-from csm_core.sampling import SamplingParams, draw_frame_noise, make_generator
+from csm_core.frame import sample_frames
+from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
 from csm_core.step import DecodeStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -74,6 +75,23 @@ def test_attention_kernels_are_fused():
     names = {e.name for e in prof.events()}
     assert "aten::_scaled_dot_product_flash_attention" in names
     assert "aten::index_select" not in names and "aten::_softmax" not in names
+
+
+@pytest.mark.parametrize("mode", ["int8-weight", "float8"])
+def test_quantized_model_runs_torch_kernels_and_graphs(mode, dispatched_ops):
+    if mode == "float8" and torch.cuda.get_device_capability() < (8, 9):
+        with pytest.raises(ValueError, match="8.9"):
+            load_model("tiny", device="cuda", dtype="bfloat16", quantize=mode)
+        return
+    model = load_model("tiny", device="cuda", dtype="bfloat16", quantize=mode).model
+    step = DecodeStep(model, 4, MAX_SEQ, graphs=True)
+    params = [SamplingParams(0.9, 50)] * 2
+    with dispatched_ops() as ops:  # every quantized linear, outside the compiled attention
+        h = torch.cat(prefilled(model, [20, 40]))
+        sample_frames(model, h, BatchSampler(params, "cuda"), torch.ones(2, 32, 50, device="cuda"))
+    assert {op.namespace for op in ops} <= {"aten", "prims"}, ops
+    frames = decode_frames(step, model, [20, 40], params, 3)
+    assert frames.shape == (3, 2, 32) and int(frames.max()) < 2051
 
 
 def test_engine_bf16_on_cuda():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 
 
 @dataclass(slots=True)
@@ -12,6 +12,7 @@ class EngineConfig:
     model: str = "bench"  # preset name, local checkpoint dir or hub id
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = "none"  # backbone and depth decoder weights: none, int8-weight, float8 (csm_core/quantize.py)
     max_slots: int = 8  # requests decoded together (rows of the backbone KV cache)
     max_queue: int = 64  # requests that may wait for a slot; more -> QueueFull
     watermark: bool = True
@@ -57,6 +58,8 @@ class EngineConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
         if self.output_workers is not None and self.output_workers < 1:

@@ -69,7 +69,7 @@ def usable_cores() -> int:
 class Engine:
     def __init__(self, config: EngineConfig):
         self.config = config
-        lm = load_model(config.model, config.device, config.dtype, seed=config.seed)
+        lm = load_model(config.model, config.device, config.dtype, seed=config.seed, quantize=config.quantize)
         self.loaded = lm
         model = lm.model
         device = model.audio_head.device
