@@ -532,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slots", type=int, default=0,
                    help="engine slots; 0: one engine per concurrency sized to it (Mimi's CPU cost grows with slots)")
     p.add_argument("--requests", type=int, default=16, help="requests in the set every run serves")
+    p.add_argument("--waves", type=int, default=0,
+                   help="engine: the run at concurrency N serves W x N requests instead of --requests (0: off)")
     p.add_argument("--max-audio-ms", type=int, default=4000, help="max_audio_ms of every request")
     p.add_argument("--context-s", type=float, default=0.0, help="seconds of synthetic context audio per request")
     p.add_argument("--watermark", choices=("on", "off", "both"), default="both",
@@ -559,6 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.requests < 1:
         p.error("--requests must be >= 1")
+    if args.waves < 0:
+        p.error("--waves must be >= 0")
     if args.max_audio_ms < FRAME_MS:
         p.error(f"--max-audio-ms must be at least one frame ({FRAME_MS} ms)")
     if args.context_s < 0 or args.interference_context_s <= 0:
@@ -639,7 +643,8 @@ def engine_runs(args: argparse.Namespace, sources: Sources, requests: list[Synth
                     info, tuning = bench.engine.info(), bench.tuning()
                     bench.warm_up(requests, slots)
                 say(f"engine, concurrency {n}, watermark {on_off}")
-                runs.append(bench.run(requests, n, f"c{n}"))
+                served = requests[: args.waves * n] if args.waves else requests[: args.requests]
+                runs.append(bench.run(served, n, f"c{n}"))
         if bench is None or (interference and slots != INTERFERENCE_CONCURRENCY and not fixed):
             if bench is not None:
                 bench.close()
@@ -662,11 +667,11 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     sources = Sources.for_model(args.preset)
-    requests = make_requests(args.requests, args.max_audio_ms, args.context_s)
+    requests = make_requests(max(args.requests, args.waves * max(args.concurrency)), args.max_audio_ms, args.context_s)
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.watermark]
     runs: list[dict] = []
     report = {"preset": args.preset, "device": args.device, "dtype": args.dtype, "requests": args.requests,
-              "max_audio_ms": args.max_audio_ms, "context_s": args.context_s,
+              "waves": args.waves, "max_audio_ms": args.max_audio_ms, "context_s": args.context_s,
               "concurrency": args.concurrency, "runs": runs}
     if "reference" in args.modes:
         say(f"loading the reference path ({args.preset})")
@@ -678,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
                            True in settings)
             for wm in settings:
                 say(f"reference, watermark {'on' if wm else 'off'}")
-                runs.append(run_reference(ref, requests, wm))
+                runs.append(run_reference(ref, requests[: args.requests], wm))
         finally:
             ref.close()
         del ref  # its model's memory goes back before the engines load theirs

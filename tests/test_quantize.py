@@ -6,7 +6,7 @@ import torch
 
 from csm_core.checkpoint import load_model
 from csm_core.framing import Prompt
-from csm_core.generate import generate
+from csm_core.generate import frame_logits, generate
 from csm_core.sampling import SamplingParams
 from server.engine.config import EngineConfig
 
@@ -27,24 +27,6 @@ def bench_prompt(n: int = 30) -> Prompt:
     return Prompt(tokens, mask)
 
 
-@torch.inference_mode()
-def teacher_forced_logits(model, prompt: Prompt, frames: torch.Tensor) -> torch.Tensor:
-    """The logits of every codebook of every frame, feeding `frames` [T, 32] back (not the model's
-    own choices). [T, 32, vocab]"""
-    n = len(prompt)
-    h = model.prefill(0, prompt.tokens, prompt.mask, 0)
-    out = []
-    for t, codes in enumerate(frames.unsqueeze(1)):  # codes [1, 32]
-        logits = [model.c0_logits(h)]
-        model.depth_step(h, 0)
-        for i in range(1, codes.shape[1]):
-            hd = model.depth_step(model.embed_audio(i - 1, codes[:, i - 1]), i)
-            logits.append(model.codebook_logits(i, hd))
-        out.append(torch.stack(logits, dim=1)[0])
-        h = model.decode(torch.tensor([0]), codes, torch.tensor([n + t]), [n + t + 1])
-    return torch.stack(out)
-
-
 def test_int8_weight_only_matches_fp32_on_the_bench_preset():
     """Along fp32's greedy frames over 20 steps: logits within the stated tolerance, and int8 makes
     fp32's greedy choice wherever fp32's margin between its two best codes exceeds twice that
@@ -58,8 +40,8 @@ def test_int8_weight_only_matches_fp32_on_the_bench_preset():
         m.set_exact(True)
     frames = generate(fp32, prompt, max_frames=STEPS, sampling=SamplingParams(temperature=0.0)).frames
     assert frames.shape[0] == STEPS
-    want = teacher_forced_logits(fp32, prompt, frames)  # [20, 32, vocab]
-    got = teacher_forced_logits(int8, prompt, frames)
+    want = frame_logits(fp32, prompt, frames)  # [20, 32, vocab]
+    got = frame_logits(int8, prompt, frames)
     error = (got - want).abs().amax(-1)  # [20, 32]
     assert (error <= LOGIT_TOLERANCE * want.abs().amax(-1)).all(), error.max()
     top2 = want.topk(2, dim=-1).values
