@@ -26,6 +26,7 @@ mkdir -p .whl
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 \
   "${pins[@]}"
 "$PY" -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w .whl ./protos
+rm -rf protos/build  # setuptools' build folder, left in the source tree
 mib=$(du -sm .whl | cut -f1)
 ls -1 .whl
 echo "${#pins[@]} wheels + csm-wire in .whl/: ${mib} MiB"
