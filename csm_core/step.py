@@ -112,7 +112,8 @@ class _Bucket:
 
     def replay(self) -> torch.Tensor:
         if self.graph is None:
-            return self.inputs.forward()
+            with torch.profiler.record_function("csm.step.graph"):  # one launch on CUDA (scripts/step_counters.py)
+                return self.inputs.forward()
         self.graph.replay()
         return self.out
 

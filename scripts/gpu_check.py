@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing it
+sys.path.append(str(Path(__file__).resolve().parents[1]))  # a checkout not installed (PYTHONPATH comes first)
 
 from csm_core.checkpoint import load_model, resolve_device  # noqa: E402
 from csm_core.constants import FRAME_MS  # noqa: E402

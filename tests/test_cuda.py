@@ -63,18 +63,22 @@ def test_flex_decode_matches_per_slot_attention():
 
 
 def test_attention_kernels_are_fused():
-    """bf16: prefill chunks run SDPA's flash kernel, decode runs the compiled flex kernel (no
-    per-step copy of cache rows: no index_select, no full-score softmax)."""
+    """bf16: prefill chunks run SDPA's flash kernel (bottom-right causal, GQA) and agree with the
+    masked per-slot call; decode runs the compiled flex kernel, with no per-step copy of cache rows
+    (no index_select) and no full-score softmax."""
     model = load_model("tiny", device="cuda", dtype="bfloat16").model
+    DecodeStep(model, 4, MAX_SEQ, attention="rows")
+    want = torch.cat(prefilled(model, [100, 37]))
     step = DecodeStep(model, 4, MAX_SEQ)
     codes = torch.randint(0, 2048, (2, 32), device="cuda")
     step.backbone([0, 1], codes, [70, 9])  # compile outside the profile
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        prefilled(model, [100])
-        step.backbone([0, 1], codes, [70, 9])
+        got = torch.cat(prefilled(model, [100, 37]))
+        step.backbone([0, 1], codes, [100, 37])
     names = {e.name for e in prof.events()}
     assert "aten::_scaled_dot_product_flash_attention" in names
     assert "aten::index_select" not in names and "aten::_softmax" not in names
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)  # bf16 rounding, two kernels
 
 
 @pytest.mark.parametrize("mode", ["int8-weight", "float8"])
