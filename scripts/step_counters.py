@@ -1,5 +1,6 @@
 """What one decode step costs the eager path, counted with torch's profiler on CPU: the KV bytes
-the backbone's attention reads and the kernels launched, per step (one frame for each slot).
+the backbone's attention reads and the kernels launched, per step (one frame for each slot); and
+its wall time without the profiler.
 
     python scripts/step_counters.py --preset csm-1b --slots 8 --prompt 200 [--exact] \
         [--attention rows|flex] [--graphs] --json out.json
@@ -15,6 +16,7 @@ per step, greedily. Counted over --steps steps after one unprofiled step:
   not counted), the CPU counterpart of the GPU's kernel launches. With --graphs (buckets run
   eagerly here) the kernels inside what CUDA would replay as one graph are counted apart from the
   host's own launches.
+- step_s: the median wall time of --timed further steps, without the profiler.
 It uses only what the code before this tool had too (model.prefill/decode, csm_core.frame,
 set_exact), so the same command on an older checkout (PYTHONPATH) gives the "before" figures.
 """
@@ -24,7 +26,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -80,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--prompt", type=int, default=200, help="prompt positions of slot 0")
     ap.add_argument("--stagger", type=int, default=37, help="slot i's prompt is longer by i times this")
-    ap.add_argument("--steps", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=2, help="profiled steps")
+    ap.add_argument("--timed", type=int, default=3, help="timed steps, after the profiled ones")
     ap.add_argument("--max-seq", type=int, default=2048)
     ap.add_argument("--exact", action="store_true", help="exact mode (the CPU default)")
     ap.add_argument("--attention", choices=("rows", "flex"), help="this checkout's attention kinds (default: rows)")
@@ -129,6 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         for t in range(1, 1 + args.steps):
             h = one_step(h, t)
+    times = []
+    for t in range(1 + args.steps, 1 + args.steps + args.timed):
+        t0 = time.perf_counter()
+        h = one_step(h, t)
+        times.append(time.perf_counter() - t0)
     events = prof.events()
     kernels = [e for e in events if is_kernel(e)]
     elt = model.backbone.norm.scale.element_size()
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "kv_bytes_read_per_step": int(read), "kv_bytes_live_per_step": int(live), "read_over_live": round(read / live, 3),
         "kv_count": "block mask (compiled kernel)" if flex else "profiler shapes",
         "kernels_per_step": len(kernels) / args.steps,
+        "step_s": round(statistics.median(times), 4) if times else None,
         "top_kernels": Counter(e.name for e in kernels).most_common(12),
     }
     if args.graphs:
