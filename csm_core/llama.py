@@ -149,7 +149,8 @@ class DecodeMask:
     keys 0..length-1 (length 0 for rows not decoding: the kernel skips them).
 
     Its buffers live as long as the cache, so every step (and a CUDA graph captured once) reads the
-    same tensors, and the compiled kernel is traced once: `update` rewrites them in place."""
+    same tensors: `update` rewrites them in place. The compiled kernel guards on mask_mod's code,
+    not on the closure, so a new cache (a new engine) reuses it."""
 
     def __init__(self, rows: int, max_seq: int, device: torch.device):
         self.max_seq = max_seq
@@ -177,7 +178,7 @@ class DecodeMask:
 
 @functools.cache
 def _compiled_flex_attention():
-    # Fixed shapes (every cache row, one query each): traced and compiled once per process.
+    # Fixed shapes (every cache row, one query each): one compile per cache shape and dtype.
     return torch.compile(flex_attention, fullgraph=True, dynamic=False)
 
 
@@ -194,8 +195,8 @@ class AttentionBatch:
 
     pos: torch.Tensor | int  # [b, s] positions written and attended from; an int: rows 0..b-1 at pos..pos+s-1
     slots: torch.Tensor | None = None  # [b] cache rows (None with an int pos)
-    rows: list[int] | None = None  # the cache rows again, and per row the keys its last query sees
-    lengths: list[int] | None = None  # (its last position + 1), as host ints for per-row kernels
+    rows: list[int] | None = None  # host ints for per-row kernels: the cache rows, and the keys
+    lengths: list[int] | None = None  # each row's last query sees (its last position + 1)
     block_mask: BlockMask | None = None  # flex decode: every cache row's live key blocks
 
 
