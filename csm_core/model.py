@@ -56,7 +56,7 @@ class CSMModel(nn.Module):
     def set_attention(self, kind: str) -> None:
         """The backbone's attention over the slot cache: "rows" (per slot) or "flex" (csm_core/llama.py)."""
         if kind == "flex" and self.exact:
-            raise ValueError("flex attention is not batch-invariant: turn exact mode off first")
+            raise ValueError("exact mode attends per slot (rows): turn it off before choosing flex attention")
         self.backbone.set_attention(kind)
 
     @property
