@@ -1,7 +1,8 @@
 """The decode step (csm_core/step.py) on CPU, fp32: every path (rows, flex attention, fixed-shape
 batch buckets) makes the same greedy frames as the exact path (the CPU default) and as the
 one-request reference path (csm_core.generate), on the tiny and bench presets. Flex runs its eager
-reference here (CUDA compiles it); the buckets run what CUDA captures, without the capture."""
+reference in the paths (one test compiles it, as CUDA does, with inductor's CPU backend); the
+buckets run what CUDA captures, without the capture."""
 
 from dataclasses import dataclass, field
 
@@ -159,3 +160,32 @@ def test_graphs_need_flex_and_exact_needs_rows():
     model.set_attention("flex")
     with pytest.raises(ValueError, match="rows attention"):
         model.set_exact(True)
+
+
+def test_compiled_flex_decode_reads_the_live_keys_and_compiles_once():
+    """The compiled FlexAttention that CUDA runs, here through inductor's CPU backend (~25 s of
+    compile): it equals one SDPA call per slot, and a second DecodeMask (a new engine's, with a
+    mask_mod closure of its own) reuses the compiled kernel."""
+    import torch._dynamo
+    import torch.nn.functional as F
+
+    from csm_core.llama import DecodeMask, _compiled_flex_attention
+
+    rows, heads, kv_heads, dim, seq = 5, 4, 2, 64, 512
+    g = torch.Generator().manual_seed(0)
+    k, v = torch.randn(2, rows, kv_heads, seq, dim, generator=g)
+    slots, positions = torch.tensor([3, 0, 1]), torch.tensor([FLEX_BLOCK + 2, 7, 300])
+    q = torch.randn(3, heads, 1, dim, generator=g)
+    q_rows = q.new_zeros(rows, heads, 1, dim)
+    q_rows[slots] = q
+    flex = _compiled_flex_attention()
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    out = flex(q_rows, k, v, block_mask=DecodeMask(rows, seq, q.device).update(slots, positions), enable_gqa=True)
+    for i, (slot, n) in enumerate(zip(slots.tolist(), (positions + 1).tolist())):
+        want = F.scaled_dot_product_attention(q[i : i + 1], k[slot : slot + 1, :, :n], v[slot : slot + 1, :, :n],
+                                              enable_gqa=True)
+        torch.testing.assert_close(out[slot : slot + 1], want)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    flex(q_rows, k, v, block_mask=DecodeMask(rows, seq, q.device).update(slots[:1], positions[:1]), enable_gqa=True)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
