@@ -550,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--torch-threads", type=int, help="engine: intra-op threads per pipeline thread (default: the engine's)")
     p.add_argument("--mimi-frames-per-call", type=int, help="engine: most steps merged into one Mimi call")
     p.add_argument("--output-workers", type=int, help="engine: output (watermark) threads (default: the engine's)")
-    p.add_argument("--quantize", choices=QUANTIZE_MODES, help="engine: backbone and depth decoder weights (default: the engine's)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="engine: backbone and depth decoder weights (default: the engine's)")
     p.add_argument("--cuda-graphs", type=_on_off, metavar="{on,off}",
                    help="engine on CUDA: replay each step from CUDA graphs (default: the engine's)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
