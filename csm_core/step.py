@@ -64,7 +64,8 @@ class DecodeStep:
             capture = self.device.type == "cuda"
             pool = torch.cuda.graph_pool_handle() if capture else None
             with torch.inference_mode():
-                self._backbone = _Buckets(max_slots, lambda rows: _BackboneInputs(model, rows, max_slots), capture, pool)
+                scratch = max_slots  # the cache row past the slots
+                self._backbone = _Buckets(max_slots, lambda rows: _BackboneInputs(model, rows, scratch), capture, pool)
                 self._frames = _Buckets(max_slots, lambda rows: _FrameInputs(model, rows), capture, pool)
 
     @torch.inference_mode()

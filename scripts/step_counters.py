@@ -157,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "preset": args.preset, "slots": b, "lengths": lengths, "exact": args.exact,
         "attention": "flex" if flex else "rows" if step is not None else "model default", "graphs": args.graphs,
-        "kv_bytes_read_per_step": int(read), "kv_bytes_live_per_step": int(live), "read_over_live": round(read / live, 3),
+        "kv_bytes_read_per_step": int(read), "kv_bytes_live_per_step": int(live),
+        "read_over_live": round(read / live, 3),
         "kv_count": "block mask (compiled kernel)" if flex else "profiler shapes",
         "kernels_per_step": len(kernels) / args.steps,
         "step_s": round(statistics.median(times), 4) if times else None,
