@@ -65,21 +65,33 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 # -- public API ----------------------------------------------------------------------------
-def load_model(source: str, device: str = "cpu", dtype: str = "float32", seed: int = 0) -> LoadedModel:
+def load_model(source: str, device: str = "cpu", dtype: str = "float32", seed: int = 0,
+               quantize: str = "none") -> LoadedModel:
+    """quantize: none, int8-weight or float8 (csm_core/quantize.py), checked before any weight loads."""
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    quantizer = None
+    if quantize != "none":
+        from csm_core import quantize as quantizer  # torchao is imported only when it is used
+
+        quantizer.check_quantize(quantize, dev, dt)
     if source in PRESETS:
         model = random_model(PRESETS[source], seed)
-        return LoadedModel(_place(model, dev, dt), model.config, source, source, True, "preset")
-    path = Path(source)
-    if not path.exists():
-        if source.startswith((".", "/", "~")) or source.count("/") != 1:
-            raise FileNotFoundError(
-                f"model source {source!r} is neither a preset ({', '.join(PRESETS)}), a local directory, nor a hub id"
-            )
-        path = _download(source)
-    model, layout = _load_dir(path)
-    return LoadedModel(_place(model, dev, dt), model.config, source, preset_name(model.config), False, layout)
+        loaded = LoadedModel(_place(model, dev, dt), model.config, source, source, True, "preset")
+    else:
+        path = Path(source)
+        if not path.exists():
+            if source.startswith((".", "/", "~")) or source.count("/") != 1:
+                raise FileNotFoundError(
+                    f"model source {source!r} is neither a preset ({', '.join(PRESETS)}), a local directory, "
+                    f"nor a hub id"
+                )
+            path = _download(source)
+        model, layout = _load_dir(path)
+        loaded = LoadedModel(_place(model, dev, dt), model.config, source, preset_name(model.config), False, layout)
+    if quantizer is not None:
+        quantizer.quantize_model(loaded.model, quantize)
+    return loaded
 
 
 def random_model(config: ModelConfig, seed: int = 0) -> CSMModel:

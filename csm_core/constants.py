@@ -22,3 +22,6 @@ MAX_TEMPERATURE = 5.0  # accepted temperatures: [0, MAX_TEMPERATURE]; 0 is greed
 
 # Public watermark key of CSM-1B (published with the model; deployments should set their own).
 CSM_PUBLIC_WATERMARK_KEY = (212, 211, 146, 56, 201)
+
+# Weight quantization of the backbone and depth decoder (csm_core/quantize.py)
+QUANTIZE_MODES = ("none", "int8-weight", "float8")

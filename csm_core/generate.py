@@ -75,3 +75,29 @@ def generate(
             h = model.decode(slot, codes, torch.tensor([pos], device=dev), [pos + 1])
     out = torch.stack(frames) if frames else torch.zeros(0, model.config.audio_num_codebooks, dtype=torch.long)
     return GenerationResult(out.cpu(), reason, n)
+
+
+@torch.inference_mode()
+def frame_logits(model: CSMModel, prompt: Prompt, frames: torch.Tensor, *,
+                 prefill_chunk: int = DEFAULT_PREFILL_CHUNK) -> torch.Tensor:
+    """Every codebook's logits for each of `frames` [T, 32], feeding those frames back instead of the
+    model's own choices (teacher forcing), in slot 0 as `generate` does. [T, 32, vocab] float32
+
+    Two models (devices, dtypes, quantizations) compared along the same frames differ by their
+    numbers alone: free-running greedy frames part ways at the first near-tie and never meet again."""
+    dev = model.audio_head.device
+    n = len(prompt)
+    for start in range(0, n, prefill_chunk):
+        h = prefill_slot(model, 0, prompt, start, min(start + prefill_chunk, n))
+    slot = torch.tensor([0], device=dev)
+    out = []
+    for t, codes in enumerate(frames.to(dev).unsqueeze(1)):  # codes [1, 32]
+        logits = [model.c0_logits(h)]
+        model.depth_step(h, 0)
+        for i in range(1, codes.shape[1]):
+            hd = model.depth_step(model.embed_audio(i - 1, codes[:, i - 1]), i)
+            logits.append(model.codebook_logits(i, hd))
+        out.append(torch.stack(logits, dim=1)[0])  # [32, vocab]
+        if t + 1 < len(frames):
+            h = model.decode(slot, codes, torch.tensor([n + t], device=dev), [n + t + 1])
+    return torch.stack(out).cpu()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from csm_core.config import ModelConfig
-from csm_core.llama import ROW_MULTIPLE, Linear, Transformer, exact_linear
+from csm_core.llama import ROW_MULTIPLE, AttentionBatch, Linear, Transformer, exact_linear
 
 
 class CSMModel(nn.Module):
@@ -43,7 +43,10 @@ class CSMModel(nn.Module):
         self.decoder.setup_cache(rows, self.config.audio_num_codebooks)
 
     def set_exact(self, exact: bool) -> None:
-        """Exact mode: results per slot do not depend on the batch (see csm_core/llama.py)."""
+        """Exact mode: results per slot do not depend on the batch (see csm_core/llama.py). It
+        attends per slot (rows attention)."""
+        if exact and self.backbone.flex:
+            raise ValueError("exact mode attends per slot: set the rows attention first")
         self.exact = exact
         self.backbone.set_exact(exact)
         self.decoder.set_exact(exact)
@@ -57,9 +60,11 @@ class CSMModel(nn.Module):
         return [(layer.attn.cache.k[slot, :, start:end], layer.attn.cache.v[slot, :, start:end])
                 for layer in self.backbone.layers]
 
-    @property
-    def max_slots(self) -> int:
-        return self.backbone.cache_shape[0]
+    def set_attention(self, kind: str) -> None:
+        """The backbone's attention over the slot cache: "rows" (per slot) or "flex" (csm_core/llama.py)."""
+        if kind == "flex" and self.exact:
+            raise ValueError("exact mode attends per slot (rows): turn it off before choosing flex attention")
+        self.backbone.set_attention(kind)
 
     @property
     def max_seq(self) -> int:
@@ -86,20 +91,27 @@ class CSMModel(nn.Module):
         x = self.embed_frames(tokens.unsqueeze(0), mask.unsqueeze(0))  # [1, s, dim]
         pos = torch.arange(start, start + s, device=dev).unsqueeze(0)  # [1, s]
         slots = torch.tensor([slot], device=dev)
-        h = self.backbone(x, slots, pos, [start + s])
+        h = self.backbone(x, AttentionBatch(pos=pos, slots=slots, rows=[slot], lengths=[start + s]))
         return h[:, -1]
 
-    def decode(self, slots: torch.Tensor, frames: torch.Tensor, positions: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def decode(self, slots: torch.Tensor, frames: torch.Tensor, positions: torch.Tensor,
+               lengths: list[int] | None = None) -> torch.Tensor:
         """One generated frame per slot, each at its own position.
-        slots [b], frames [b, 32] codes, positions [b]; lengths[i] = positions[i] + 1 (host ints).
+        slots [b], frames [b, 32] codes, positions [b]; lengths[i] = positions[i] + 1 as host ints
+        (rows attention; flex reads the positions on the device, so a captured step can run it).
         Returns hidden states [b, dim]."""
         b = frames.shape[0]
         tokens = torch.cat([frames, frames.new_zeros(b, 1)], dim=1).unsqueeze(1)  # [b, 1, 33]
         mask = torch.ones_like(tokens, dtype=torch.bool)
         mask[..., -1] = False  # text column masked
         x = self.embed_frames(tokens, mask)  # [b, 1, dim]
-        h = self.backbone(x, slots, positions.unsqueeze(1), lengths)
-        return h[:, 0]
+        pos = positions.unsqueeze(1)  # [b, 1]
+        if self.backbone.flex:
+            batch = AttentionBatch(pos=pos, slots=slots, block_mask=self.backbone.decode_mask.update(slots, positions))
+        else:
+            batch = AttentionBatch(pos=pos, slots=slots, rows=slots.tolist(),
+                                   lengths=lengths if lengths is not None else (positions + 1).tolist())
+        return self.backbone(x, batch)[:, 0]
 
     def c0_logits(self, h: torch.Tensor) -> torch.Tensor:
         """[b, dim] -> [b, audio_vocab] logits of codebook 0."""
@@ -110,11 +122,7 @@ class CSMModel(nn.Module):
         """One depth-decoder position for rows 0..b-1 of its per-frame cache.
         x [b, backbone_dim] (the backbone state at position 0, else a codebook embedding).
         Returns decoder hidden states [b, decoder_dim]."""
-        b = x.shape[0]
-        dev = x.device
-        slots = torch.arange(b, device=dev)
-        pos = torch.full((b, 1), position, device=dev, dtype=torch.long)
-        return self.decoder(self.projection(x).unsqueeze(1), slots, pos, [position + 1] * b)[:, 0]
+        return self.decoder(self.projection(x).unsqueeze(1), AttentionBatch(pos=position))[:, 0]
 
     def codebook_logits(self, codebook: int, hd: torch.Tensor) -> torch.Tensor:
         """Logits of codebook i >= 1 from the depth decoder state. [b, dec_dim] -> [b, vocab]"""

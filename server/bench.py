@@ -27,7 +27,7 @@ import torch
 from csm_core.audio_io import resample
 from csm_core.checkpoint import load_model
 from csm_core.companions import Companions, companions_for
-from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, FRAME_MS, MIMI_CODEBOOK_SIZE, SAMPLE_RATE
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, FRAME_MS, MIMI_CODEBOOK_SIZE, QUANTIZE_MODES, SAMPLE_RATE
 from csm_core.framing import Segment, build_prompt
 from csm_core.generate import generate
 from csm_core.mimi import MimiCodec
@@ -328,7 +328,8 @@ class EngineBench:
         return {"prefill_chunk": c.prefill_chunk, "prefill_budget": c.prefill_budget,
                 "idle_prefill_budget": c.idle_prefill_budget,
                 "torch_threads": self.engine.threads.torch_threads, "mimi_frames_per_call": c.mimi_frames_per_call,
-                "output_workers": self.engine.threads.output_workers, "prefix_cache_mb": c.prefix_cache_mb}
+                "output_workers": self.engine.threads.output_workers, "prefix_cache_mb": c.prefix_cache_mb,
+                "quantize": c.quantize, "cuda_graphs": c.cuda_graphs}
 
     def closed_loop(self, requests: list[SynthesisParams], concurrency: int,
                     tag: str) -> tuple[list[StreamTrace], list[tuple[float, StepStats]], PipelineCounters]:
@@ -487,6 +488,12 @@ def _modes(text: str) -> list[str]:
     return modes
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csm-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -499,6 +506,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slots", type=int, default=0,
                    help="engine slots; 0: one engine per concurrency sized to it (Mimi's CPU cost grows with slots)")
     p.add_argument("--requests", type=int, default=16, help="requests in the set every run serves")
+    p.add_argument("--waves", type=int, default=0,
+                   help="engine: the run at concurrency N serves W x N requests instead of --requests (0: off)")
     p.add_argument("--max-audio-ms", type=int, default=4000, help="max_audio_ms of every request")
     p.add_argument("--context-s", type=float, default=0.0, help="seconds of synthetic context audio per request")
     p.add_argument("--watermark", choices=("on", "off", "both"), default="both",
@@ -519,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="engine: prefix cache budget; off by default, so that every request (and the injected one, "
                         "sent again after the warm-up) is prefilled as on a server without it (csm-bench-voices "
                         "measures the cache)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES,
+                   help="engine: backbone and depth decoder weights (default: the engine's)")
+    p.add_argument("--cuda-graphs", type=_on_off, metavar="{on,off}",
+                   help="engine on CUDA: replay each step from CUDA graphs (default: the engine's)")
     p.add_argument("--json", metavar="PATH", help="write the results here")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     return p
@@ -527,6 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.requests < 1:
         p.error("--requests must be >= 1")
+    if args.waves < 0:
+        p.error("--waves must be >= 0")
     if args.max_audio_ms < FRAME_MS:
         p.error(f"--max-audio-ms must be at least one frame ({FRAME_MS} ms)")
     if args.context_s < 0 or args.interference_context_s <= 0:
@@ -581,7 +596,7 @@ def format_table(runs: list[dict]) -> str:
 def engine_tuning(args: argparse.Namespace) -> dict:
     """EngineConfig fields set on the command line (the others keep the engine's defaults)."""
     names = ("prefill_budget", "idle_prefill_budget", "torch_threads", "mimi_frames_per_call", "output_workers",
-             "prefix_cache_mb")
+             "prefix_cache_mb", "quantize", "cuda_graphs")
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
 
 
@@ -607,7 +622,8 @@ def engine_runs(args: argparse.Namespace, sources: Companions, requests: list[Sy
                     info, tuning = bench.engine.info(), bench.tuning()
                     bench.warm_up(requests, slots)
                 say(f"engine, concurrency {n}, watermark {on_off}")
-                runs.append(bench.run(requests, n, f"c{n}"))
+                served = requests[: args.waves * n] if args.waves else requests[: args.requests]
+                runs.append(bench.run(served, n, f"c{n}"))
         if bench is None or (interference and slots != INTERFERENCE_CONCURRENCY and not fixed):
             if bench is not None:
                 bench.close()
@@ -630,11 +646,11 @@ def main(argv: list[str] | None = None) -> int:
     _check_args(parser, args)
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     sources = companions_for(args.preset)
-    requests = make_requests(args.requests, args.max_audio_ms, args.context_s)
+    requests = make_requests(max(args.requests, args.waves * max(args.concurrency)), args.max_audio_ms, args.context_s)
     settings = {"off": [False], "on": [True], "both": [False, True]}[args.watermark]
     runs: list[dict] = []
     report = {"preset": args.preset, "device": args.device, "dtype": args.dtype, "requests": args.requests,
-              "max_audio_ms": args.max_audio_ms, "context_s": args.context_s,
+              "waves": args.waves, "max_audio_ms": args.max_audio_ms, "context_s": args.context_s,
               "concurrency": args.concurrency, "runs": runs}
     if "reference" in args.modes:
         say(f"loading the reference path ({args.preset})")
@@ -646,7 +662,7 @@ def main(argv: list[str] | None = None) -> int:
                            True in settings)
             for wm in settings:
                 say(f"reference, watermark {'on' if wm else 'off'}")
-                runs.append(run_reference(ref, requests, wm))
+                runs.append(run_reference(ref, requests[: args.requests], wm))
         finally:
             ref.close()
         del ref  # its model's memory goes back before the engines load theirs

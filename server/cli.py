@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 from server.app import ServedEngine, ServerConfig, SpeechServer
 from server.auth import load_tokens
 from server.engine.config import EngineConfig
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
          "hub id, checkpoint directory or preset (csm-1b, bench, tiny); bench and tiny have random weights")
     flag("--device", "CSM_DEVICE", "auto", "auto, cpu, cuda or cuda:N")
     flag("--dtype", "CSM_DTYPE", "auto", "auto, float32, bfloat16 or float16")
+    flag("--quantize", "CSM_QUANTIZE", "none",
+         "backbone and depth decoder weights: none, int8-weight (torchao int8 weight-only) or float8 (torchao "
+         "float8 weights and activations; CUDA compute capability >= 8.9, bfloat16)", choices=QUANTIZE_MODES)
     flag("--max-slots", "CSM_MAX_SLOTS", "8", "streams decoded together", type=int)
     flag("--max-queue", "CSM_MAX_QUEUE", "64", "requests that may wait for a slot; more get RESOURCE_EXHAUSTED",
          type=int)
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             device=args.device,
             dtype=args.dtype,
+            quantize=args.quantize,
             max_slots=args.max_slots,
             max_queue=args.max_queue,
             prefill_budget=args.prefill_budget,

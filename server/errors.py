@@ -155,15 +155,17 @@ DEADLINE_SLACK_S = 0.05
 
 def _final_code(context: grpc.aio.ServicerContext, error: BaseException | None,
                 deadline: float | None) -> grpc.StatusCode:
-    """The status the caller saw: a code the handler set (abort), else the deadline, a
-    cancellation, OK, or INTERNAL for an unexpected error (what _abort sends)."""
+    """The status the caller saw: its deadline or its cancellation when the call ended that way
+    (whatever the handler did after: an abort on a call already cancelled reaches nobody), else
+    the code the handler set (abort), OK, or INTERNAL for an unexpected error (what _abort sends)."""
+    cancelled = context.cancelled() or isinstance(error, asyncio.CancelledError)
+    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S and (error or cancelled):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if cancelled:
+        return grpc.StatusCode.CANCELLED
     code = context.code()
     if isinstance(code, grpc.StatusCode) and code is not grpc.StatusCode.OK:
         return code
-    if deadline is not None and time.monotonic() >= deadline - DEADLINE_SLACK_S and (error or context.cancelled()):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    if isinstance(error, asyncio.CancelledError) or context.cancelled():
-        return grpc.StatusCode.CANCELLED
     return grpc.StatusCode.OK if error is None else grpc.StatusCode.INTERNAL
 
 

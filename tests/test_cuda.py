@@ -1,28 +1,101 @@
-"""The production CUDA path (bf16, CUDA graphs). Skipped on machines without CUDA."""
+"""The production CUDA path: graphed decode step, compiled FlexAttention, fused prefill attention,
+bf16, quantization. Skipped on machines without CUDA (scripts/gpu_check.sh runs it on a GPU)."""
 
 import pytest
 import torch
 
+from csm_core.checkpoint import load_model
+from csm_core.frame import sample_frames
+from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from csm_core.step import DecodeStep
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
+MAX_SEQ = 512
 
-def test_graphed_frame_sampler_matches_eager():
-    from csm_core.checkpoint import load_model
-    from csm_core.cuda_graphs import GraphedFrameSampler
-    from csm_core.frame import sample_frames
-    from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
 
+def prefilled(model, lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """Prefill slot i with lengths[i] random audio positions; their last hidden states [1, dim]."""
+    g = torch.Generator().manual_seed(seed)
+    hs = []
+    for slot, n in enumerate(lengths):
+        tokens = torch.randint(0, 2048, (n, 33), generator=g).cuda()
+        mask = torch.ones(n, 33, dtype=torch.bool, device="cuda")
+        mask[:, 32] = False
+        hs.append(model.prefill(slot, tokens, mask, 0))
+    return hs
+
+
+def decode_frames(step: DecodeStep, model, lengths: list[int], params: list[SamplingParams], frames: int):
+    hs = prefilled(model, lengths)
+    gens = [make_generator(i, "cuda") for i in range(len(lengths))]
+    out, h = [], torch.cat(hs)
+    for t in range(frames):
+        noise = [draw_frame_noise(g, "cuda", p.effective_top_k) for g, p in zip(gens, params)]
+        codes = step.frames(h, params, noise)
+        out.append(codes)
+        h = step.backbone(list(range(len(lengths))), codes, [n + t for n in lengths])
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("greedy", [True, False], ids=["greedy", "sampled"])
+def test_graphed_step_matches_eager_flex(greedy):
+    lengths = [5, 130, 64]
+    params = [SamplingParams(0.0 if greedy else 0.9, k) for k in (1, 50, 2051)]
+    want_model = load_model("tiny", device="cuda", dtype="float32").model
+    want = decode_frames(DecodeStep(want_model, 4, MAX_SEQ, graphs=False), want_model, lengths, params, 6)
     model = load_model("tiny", device="cuda", dtype="float32").model
-    model.setup_caches(8)
-    graphed = GraphedFrameSampler(model, 8)
-    for b in (1, 3, 8):
-        h = torch.randn(b, model.config.backbone.embed_dim, device="cuda")
-        params = [SamplingParams(0.9, k) for k in (1, 5, 50, 2051, 7, 9, 11, 13)[:b]]
-        sampler = BatchSampler(params, "cuda")
-        noise = sampler.stack_noise([draw_frame_noise(make_generator(i, "cuda"), "cuda", p.top_k) for i, p in enumerate(params)])
-        want = sample_frames(model, h, sampler, noise)
-        got = graphed(model, h, BatchSampler(params, "cuda"), noise)
-        assert torch.equal(got, want)
+    got = decode_frames(DecodeStep(model, 4, MAX_SEQ, graphs=True), model, lengths, params, 6)
+    assert torch.equal(got, want)
+
+
+def test_flex_decode_matches_per_slot_attention():
+    """Compiled FlexAttention over the live blocks equals one SDPA call per slot (fp32)."""
+    model = load_model("tiny", device="cuda", dtype="float32").model
+    rows = DecodeStep(model, 4, MAX_SEQ, attention="rows")
+    lengths = [3, 129, 300]
+    h_rows = torch.cat(prefilled(model, lengths))
+    codes = torch.randint(0, 2048, (3, 32), device="cuda")
+    want = rows.backbone([0, 1, 2], codes, lengths)
+    flex = DecodeStep(model, 4, MAX_SEQ, attention="flex")
+    torch.testing.assert_close(torch.cat(prefilled(model, lengths)), h_rows)  # flash prefill vs masked SDPA
+    torch.testing.assert_close(flex.backbone([0, 1, 2], codes, lengths), want)
+
+
+def test_attention_kernels_are_fused():
+    """bf16: prefill chunks run SDPA's flash kernel (bottom-right causal, GQA) and agree with the
+    masked per-slot call; decode runs the compiled flex kernel, with no per-step copy of cache rows
+    (no index_select) and no full-score softmax."""
+    model = load_model("tiny", device="cuda", dtype="bfloat16").model
+    DecodeStep(model, 4, MAX_SEQ, attention="rows")
+    want = torch.cat(prefilled(model, [100, 37]))
+    step = DecodeStep(model, 4, MAX_SEQ)
+    codes = torch.randint(0, 2048, (2, 32), device="cuda")
+    step.backbone([0, 1], codes, [70, 9])  # compile outside the profile
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = torch.cat(prefilled(model, [100, 37]))
+        step.backbone([0, 1], codes, [100, 37])
+    names = {e.name for e in prof.events()}
+    assert "aten::_scaled_dot_product_flash_attention" in names
+    assert "aten::index_select" not in names and "aten::_softmax" not in names
+    torch.testing.assert_close(got, want, atol=0.05, rtol=0.05)  # bf16 rounding, two kernels
+
+
+@pytest.mark.parametrize("mode", ["int8-weight", "float8"])
+def test_quantized_model_runs_torch_kernels_and_graphs(mode, dispatched_ops):
+    if mode == "float8" and torch.cuda.get_device_capability() < (8, 9):
+        with pytest.raises(ValueError, match="8.9"):
+            load_model("tiny", device="cuda", dtype="bfloat16", quantize=mode)
+        return
+    model = load_model("tiny", device="cuda", dtype="bfloat16", quantize=mode).model
+    step = DecodeStep(model, 4, MAX_SEQ, graphs=True)
+    params = [SamplingParams(0.9, 50)] * 2
+    with dispatched_ops() as ops:  # every quantized linear, outside the compiled attention
+        h = torch.cat(prefilled(model, [20, 40]))
+        sample_frames(model, h, BatchSampler(params, "cuda"), torch.ones(2, 32, 50, device="cuda"))
+    assert {op.namespace for op in ops} <= {"aten", "prims"}, ops
+    frames = decode_frames(step, model, [20, 40], params, 3)
+    assert frames.shape == (3, 2, 32) and int(frames.max()) < 2051
 
 
 def test_engine_bf16_on_cuda():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY
+from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 
 
 @dataclass(slots=True)
@@ -12,6 +12,7 @@ class EngineConfig:
     model: str = "bench"  # preset name, local checkpoint dir or hub id
     device: str = "auto"
     dtype: str = "auto"
+    quantize: str = "none"  # backbone and depth decoder weights: none, int8-weight, float8 (csm_core/quantize.py)
     max_slots: int = 8  # requests decoded together (rows of the backbone KV cache)
     max_queue: int = 64  # requests that may wait for a slot; more -> QueueFull
     watermark: bool = True
@@ -37,7 +38,7 @@ class EngineConfig:
     conversation_idle_s: float = 30.0
     conversation_max_lifetime_s: float = 3600.0
     exact: bool | None = None  # batch-invariant numerics (default: on for CPU)
-    cuda_graphs: bool = True  # CUDA: replay the depth-decoder loop from graphs per batch bucket
+    cuda_graphs: bool = True  # CUDA: replay each step (backbone position, frame) from graphs per batch bucket
     # CPU: intra-op threads of each pipeline thread (model, Mimi, output, context prep). They run
     # concurrently, so each gets a share of the cores; None: half the usable cores (at least 1).
     torch_threads: int | None = None
@@ -73,6 +74,8 @@ class EngineConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {', '.join(QUANTIZE_MODES)}, got {self.quantize!r}")
         if self.torch_threads is not None and self.torch_threads < 1:
             raise ValueError("torch_threads must be >= 1")
         if self.output_workers is not None and self.output_workers < 1:

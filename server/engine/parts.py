@@ -40,7 +40,7 @@ class EngineParts:
 
 
 def load_parts(config: EngineConfig) -> EngineParts:
-    lm = load_model(config.model, config.device, config.dtype, seed=config.seed)
+    lm = load_model(config.model, config.device, config.dtype, seed=config.seed, quantize=config.quantize)
     model = lm.model
     device = model.audio_head.device
     model.set_exact(config.exact if config.exact is not None else device.type == "cpu")

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from csm_core.frame import sample_frames
 from csm_core.framing import Prompt
 from csm_core.generate import prefill_slot
 from csm_core.model import CSMModel
-from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import SamplingParams, draw_frame_noise, make_generator
+from csm_core.step import DecodeStep
 from server.engine.kv_blocks import KVBlockPool
 from server.engine.request import Request
 from server.engine.scheduler import SchedulerOutput
@@ -44,16 +44,12 @@ class ModelRunner:
                  prefix_cache_bytes: int = 0, prefill_chunk: int = 64):
         self.model = model
         self.device = model.audio_head.device
-        model.setup_caches(max_slots, max_seq)
         self.max_slots = max_slots
+        graphs = cuda_graphs and self.device.type == "cuda" and not model.exact
+        self.step = DecodeStep(model, max_slots, max_seq, graphs=graphs)  # sets up the caches
         self.max_seq = model.max_seq
         pool = KVBlockPool(model, prefix_cache_bytes, prefill_chunk) if prefix_cache_bytes > 0 else None
         self.kv_blocks = pool if pool is not None and pool.num_blocks > 0 else None  # the prefix cache's rows
-        self.sample_frames = sample_frames
-        if cuda_graphs and self.device.type == "cuda":
-            from csm_core.cuda_graphs import GraphedFrameSampler
-
-            self.sample_frames = GraphedFrameSampler(model, max_slots)
 
     def new_state(self, prompt: Prompt, sampling: SamplingParams, seed: int) -> SlotState:
         """The tensors a request keeps between steps (engine thread, when it is prepared)."""
@@ -89,10 +85,9 @@ class ModelRunner:
                 producers.append(req)
                 hs.append(h)
         if plan.decode:
-            slots = torch.tensor([r.slot for r in plan.decode], device=self.device)
             frames = torch.stack([r.state.last_frame for r in plan.decode])  # [b, 32]
             pos = [r.prompt_len + r.num_frames - 1 for r in plan.decode]
-            h = self.model.decode(slots, frames, torch.tensor(pos, device=self.device), [p + 1 for p in pos])
+            h = self.step.backbone([r.slot for r in plan.decode], frames, pos)
             producers.extend(plan.decode)
             hs.append(h)
         t1 = time.perf_counter()
@@ -100,11 +95,8 @@ class ModelRunner:
         if not producers:
             return StepResult([], [], None, failed, timings)
         h = torch.cat(hs)  # [b, dim]
-        sampler = BatchSampler([r.state.sampling for r in producers], self.device)
-        noise = sampler.stack_noise(
-            [draw_frame_noise(r.state.generator, self.device, r.state.sampling.effective_top_k) for r in producers]
-        )  # [b, 32, max_k]
-        codes = self.sample_frames(self.model, h, sampler, noise)  # [b, 32]
+        noise = [draw_frame_noise(r.state.generator, self.device, r.state.sampling.effective_top_k) for r in producers]
+        codes = self.step.frames(h, [r.state.sampling for r in producers], noise)  # [b, 32]
         eos = (codes == 0).all(dim=1).tolist()  # the step's one host sync
         timings["depth"] = time.perf_counter() - t1
         for i, req in enumerate(producers):
