@@ -155,6 +155,10 @@ def test_a_huge_request_is_refused_without_slowing_the_others(server, client):
     for t in streams + [prober]:
         t.join(120)
     normal = float(np.percentile(gaps_before, 95))
+    print(f"\nattack: others' chunk gap p95 before {normal * 1000:.0f} ms, largest during {max(gaps_during) * 1000:.0f} "
+          f"ms; health during p50 {np.percentile(health_during, 50) * 1000:.1f} / p99 "
+          f"{np.percentile(health_during, 99) * 1000:.1f} / max {max(health_during) * 1000:.1f} ms "
+          f"(before: max {max(health_before) * 1000:.1f} ms); RSS {rss_before / 2**20:.0f} -> {rss_bytes() / 2**20:.0f} MiB")
     assert max(gaps_during) < 2 * normal, (max(gaps_during), normal)
     # Health shares this process's interpreter with 4 client threads and the engine's: on a busy
     # 2-core VM the GIL alone gives rare spikes of 100-250 ms with no attack at all, and receiving
@@ -237,6 +241,9 @@ def test_slow_readers_hold_bounded_memory_and_do_not_slow_the_others(flow_server
     stop.set()
     for t in slow + [fast]:
         t.join(120)
+    print(f"\nslow readers: 6 paused (of {max(paused_seen)} at most at once), RSS +{rss_growth / 2**20:.1f} MiB; the "
+          f"fast reader's chunk gap p95 {alone * 1000:.0f} ms alone, "
+          f"{np.percentile(fast_gaps[n_paused:], 95) * 1000:.0f} ms beside them")
     assert max(paused_seen) >= 1  # flow control kicked in
     assert rss_growth < 50 * 2**20, rss_growth  # six slow streams hold a few seconds each, not their whole audio
     with_slow = fast_gaps[n_paused:]
