@@ -255,6 +255,8 @@ def test_voices_on_a_read_only_cache_are_refused(helm, tmp_path):
     ({"server": {"maxSlot": 8}}, "maxSlot"),
     ({"gpu": {"count": -1}}, "count"),
     ({"autoscaling": {"metric": "gpu"}}, "metric"),
+    ({"server": {"quantize": "int4"}}, "quantize"),
+    ({"server": {"conversations": {"idleSeconds": 0}}}, "idleSeconds"),
 ])
 def test_schema_rejects_bad_values(helm, tmp_path, values, needle):
     done = run_template(helm, tmp_path, **values)
@@ -281,6 +283,26 @@ def test_rendered_flags_parse_with_the_server_cli(helm, tmp_path, files):
     args = build_parser().parse_args(container["args"])
     assert args.port == container["ports"][0]["containerPort"]
     assert args.watermark is True
+
+
+LIMITS = ("quantize", "prefix_cache_mb", "stream_buffer_s", "reader_stall_s", "max_concurrent_rpcs",
+          "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s")
+
+
+def test_chart_defaults_are_the_servers_and_each_value_reaches_its_flag(helm, tmp_path):
+    from server.cli import build_parser
+
+    parser = build_parser()
+    defaults = parser.parse_args([])
+    rendered = parser.parse_args(server_container(render(helm, tmp_path))["args"])
+    assert {k: getattr(rendered, k) for k in LIMITS} == {k: getattr(defaults, k) for k in LIMITS}
+    changed = parser.parse_args(server_container(render(helm, tmp_path, server={
+        "quantize": "int8-weight", "prefixCacheMb": 0, "streamBufferSeconds": 2.5, "readerStallSeconds": 0,
+        "maxConcurrentRpcs": 64, "conversations": {"max": 4, "idleSeconds": 5, "maxLifetimeSeconds": 600}}))["args"])
+    assert {k: getattr(changed, k) for k in LIMITS} == {
+        "quantize": "int8-weight", "prefix_cache_mb": 0, "stream_buffer_s": 2.5, "reader_stall_s": 0.0,
+        "max_concurrent_rpcs": 64, "max_conversations": 4, "conversation_idle_s": 5.0,
+        "conversation_max_lifetime_s": 600.0}
 
 
 def render_notes(helm: Path, tmp_path: Path, *files: Path, **values) -> str:

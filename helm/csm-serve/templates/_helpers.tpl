@@ -96,6 +96,14 @@ SIGTERM and the server's drain, then slack for the process to exit.
 - {{ printf "--metrics-port=%v" .Values.service.metricsPort | quote }}
 - {{ printf "--drain-grace-s=%v" $s.drainGraceSeconds | quote }}
 - {{ printf "--log-format=%v" $s.logFormat | quote }}
+- {{ printf "--quantize=%v" $s.quantize | quote }}
+- {{ printf "--prefix-cache-mb=%d" (int64 $s.prefixCacheMb) | quote }}
+- {{ printf "--stream-buffer-s=%v" $s.streamBufferSeconds | quote }}
+- {{ printf "--reader-stall-s=%v" $s.readerStallSeconds | quote }}
+- {{ printf "--max-concurrent-rpcs=%d" (int64 $s.maxConcurrentRpcs) | quote }}
+- {{ printf "--max-conversations=%d" (int64 $s.conversations.max) | quote }}
+- {{ printf "--conversation-idle-s=%v" $s.conversations.idleSeconds | quote }}
+- {{ printf "--conversation-max-lifetime-s=%v" $s.conversations.maxLifetimeSeconds | quote }}
 {{- if $s.watermark.enabled }}
 - "--watermark"
 {{- else }}
