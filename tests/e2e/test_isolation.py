@@ -182,6 +182,33 @@ def flow_server():
 
 NARROW = [("grpc.http2.bdp_probe", 0)]  # the transport keeps its 64 KiB window: unread audio stays on the server
 
+SLOW_READERS = """
+import sys, threading, time, grpc
+from csm_wire import speech_pb2 as pb
+target, n, audio_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+stop = threading.Event()
+def slow_reader(i):
+    with grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as ch:
+        call = ch.unary_stream("/csm.v1.Speech/Synthesize", request_serializer=pb.SynthesizeRequest.SerializeToString,
+                               response_deserializer=pb.SynthesizeResponse.FromString)(
+            pb.SynthesizeRequest(text=f"Slow reader {i}.", max_audio_ms=audio_ms,
+                                 output=pb.OutputFormat(encoding=pb.AUDIO_ENCODING_PCM_F32LE)), timeout=300)
+        try:
+            for _ in call:
+                if stop.wait(2.0):  # far slower than the audio arrives (a chunk is 80-320 ms)
+                    call.cancel()
+                    return
+        except grpc.RpcError:
+            pass
+threads = [threading.Thread(target=slow_reader, args=(i,)) for i in range(n)]
+for t in threads:
+    t.start()
+sys.stdin.readline()  # the test says when to stop
+stop.set()
+for t in threads:
+    t.join(60)
+"""
+
 
 def test_slow_readers_hold_bounded_memory_and_do_not_slow_the_others(flow_server):
     server, engine = flow_server
@@ -190,18 +217,6 @@ def test_slow_readers_hold_bounded_memory_and_do_not_slow_the_others(flow_server
     stop = threading.Event()
     fast_gaps: list[float] = []
     paused_seen: list[int] = []
-
-    def slow_reader(i: int) -> None:
-        with grpc.insecure_channel(server.target, options=NARROW) as ch:
-            call = ch.unary_stream("/csm.v1.Speech/Synthesize", request_serializer=pb.SynthesizeRequest.SerializeToString,
-                                   response_deserializer=pb.SynthesizeResponse.FromString)(
-                pb.SynthesizeRequest(text=f"Slow reader {i}.", max_audio_ms=long,
-                                     output=pb.OutputFormat(encoding=pb.AUDIO_ENCODING_PCM_F32LE)), timeout=300)
-            for _ in call:
-                time.sleep(2.0)  # far slower than the audio arrives (a chunk is 80-320 ms)
-                if stop.is_set():
-                    call.cancel()
-                    return
 
     def fast_reader() -> None:
         with SpeechClient(server.target) as client:
@@ -226,26 +241,29 @@ def test_slow_readers_hold_bounded_memory_and_do_not_slow_the_others(flow_server
     wait_for(lambda: len(fast_gaps) >= 30, timeout=120, what="the fast reader to settle")
     alone = float(np.percentile(fast_gaps, 95))
     rss_before = rss_bytes()
-    slow = [threading.Thread(target=slow_reader, args=(i,)) for i in range(6)]
-    for t in slow:
-        t.start()
-    # the transport's window fills first (a few seconds of audio), then the server's buffer
-    wait_for(lambda: engine.stats().requests_paused == 6, timeout=90, what="the slow readers to be paused")
-    time.sleep(1.0)  # the frames made while all seven decoded are delivered
-    n_paused = len(fast_gaps)  # from here on the slow readers mostly wait, paused, for their clients
-    deadline = time.monotonic() + 4
-    while time.monotonic() < deadline:
-        paused_seen.append(engine.stats().requests_paused)
-        time.sleep(0.1)
-    rss_growth = rss_bytes() - rss_before
-    stop.set()
-    for t in slow + [fast]:
-        t.join(120)
+    # From another process: this process's RSS is then the server's alone, not the readers' channels.
+    slow = subprocess.Popen([sys.executable, "-c", SLOW_READERS, server.target, "6", str(long)],
+                            stdin=subprocess.PIPE, text=True)
+    try:
+        # the transport's window fills first (a few seconds of audio), then the server's buffer
+        wait_for(lambda: engine.stats().requests_paused == 6, timeout=90, what="the slow readers to be paused")
+        time.sleep(1.0)  # the frames made while all seven decoded are delivered
+        n_paused = len(fast_gaps)  # from here on the slow readers mostly wait, paused, for their clients
+        deadline = time.monotonic() + 2.5  # (shorter than the 3 s after which a paused reader is ended)
+        while time.monotonic() < deadline:
+            paused_seen.append(engine.stats().requests_paused)
+            time.sleep(0.1)
+        rss_growth = rss_bytes() - rss_before
+    finally:
+        stop.set()
+        slow.communicate("stop\n", timeout=120)
+    fast.join(120)
     print(f"\nslow readers: 6 paused (of {max(paused_seen)} at most at once), RSS +{rss_growth / 2**20:.1f} MiB; the "
           f"fast reader's chunk gap p95 {alone * 1000:.0f} ms alone, "
           f"{np.percentile(fast_gaps[n_paused:], 95) * 1000:.0f} ms beside them")
+    assert slow.returncode == 0
     assert max(paused_seen) >= 1  # flow control kicked in
-    assert rss_growth < 50 * 2**20, rss_growth  # six slow streams hold a few seconds each, not their whole audio
+    assert rss_growth < 50 * 2**20, rss_growth  # six slow streams hold a second or so each, not their whole audio
     with_slow = fast_gaps[n_paused:]
     assert with_slow and float(np.percentile(with_slow, 95)) < 2 * alone, (np.percentile(with_slow, 95), alone)
     wait_for(lambda: engine.stats().slots_in_use == 0, timeout=30, what="every slot to be freed")

@@ -4,7 +4,8 @@ some with context audio, and faults injected at a low rate in every stage: prep 
 the model step for one slot (prefill), the Mimi decode, the watermark and the output encoder.
 
 It holds: no stream hangs, no slot or queued request is left behind, the server's per-code
-call counts equal what the clients saw, and memory stays flat (RSS growth < 5% between the
+call counts equal what the clients saw (but for a client's cancel that crossed the server's
+final status on the wire: counted under the status the server sent), and memory stays flat (RSS growth < 5% between the
 200th and the last request). CSM_SOAK_REQUESTS sets the count (default 1000; docs/reliability.md
 has a longer run)."""
 
@@ -145,10 +146,22 @@ def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
                 out[code] += int(value - before.get(key, 0.0))
         return +out
 
-    wait_for(lambda: counted() == seen, timeout=30, what=f"the server's counts {counted()} to equal the clients' {seen}")
+    wait_for(lambda: sum(counted().values()) == REQUESTS, timeout=30, what=f"the server to count every call ({counted()})")
+    server_saw = counted()
+    # A client's cancel and the server's final status can cross on the wire: the server ended the
+    # call (a fault: INTERNAL; rarely, the last chunk: OK) while the client, already holding its
+    # first chunk, cancelled locally. The server counts what it sent, the client what it did; every
+    # other call must match exactly.
+    crossed = seen["CANCELLED"] - server_saw["CANCELLED"]
+    surplus = {code: server_saw[code] - seen[code] for code in server_saw.keys() | seen.keys() if code != "CANCELLED"}
+    assert crossed >= 0 and all(n >= 0 for n in surplus.values()) and sum(surplus.values()) == crossed, \
+        f"the server counted {dict(server_saw)}, the clients saw {dict(seen)}"
+    assert surplus.get("DEADLINE_EXCEEDED", 0) == 0, (server_saw, seen)  # a cancelling client has no short deadline
+    assert crossed <= max(2, seen["CANCELLED"] // 20), f"{crossed} cancels crossed the server's final status: {server_saw} vs {seen}"
     wait_for(lambda: (engine.stats().slots_in_use, engine.stats().requests_waiting) == (0, 0), timeout=30,
              what=f"no slot or queued request left (stats {engine.stats()})")
     growth = (rss["end"] - rss["mark"]) / rss["mark"]
-    print(f"\nsoak: {REQUESTS} requests in {wall:.0f} s, clients saw {dict(seen)}, faults injected "
+    print(f"\nsoak: {REQUESTS} requests in {wall:.0f} s, clients saw {dict(seen)} ({crossed} of the cancels crossed "
+          f"the server's final status), faults injected "
           f"{dict(plan.injected)}, RSS {rss['mark'] / 2**20:.0f} -> {rss['end'] / 2**20:.0f} MiB ({growth:+.1%})")
     assert growth < 0.05, f"RSS grew {growth:.1%} between request {RSS_MARK} and the last"
