@@ -7,6 +7,13 @@ os.environ.setdefault("NO_TORCH_COMPILE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+def pytest_configure(config):
+    # The servers under test run in this process: give it the C heap csm-serve gives itself.
+    from server.heap import limit_malloc_arenas
+
+    limit_malloc_arenas()
+
+
 @pytest.fixture
 def dispatched_ops():
     """A context manager that collects every operator torch dispatches inside it (OpOverloads)."""
