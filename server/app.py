@@ -135,7 +135,7 @@ class SpeechServer:
         self._tokens = tokens
         self._servicer = SpeechServicer(engine, self.metrics, voices)
         self._voices = voices
-        self._http_api = HttpApi(engine, self.metrics, self.model_names, tokens)
+        self._http_api = HttpApi(engine, self.metrics, self.model_names, tokens, voices)
         self._health = health.aio.HealthServicer()
         self._listeners = listeners
         self._server: grpc.aio.Server | None = None

@@ -14,6 +14,7 @@ still gets its HTTP status. Errors are server/errors.py's Failures in OpenAI's J
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -35,9 +36,10 @@ from server.delivery import AudioDelivery, Piece
 from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull, Violation
 from server.errors import Failure, NotFound, RequestTooLarge, SynthesisFailed, Unauthenticated, describe
 from server.metrics import Metrics
-from server.openai_speech import in_api_terms, parse_speech_request
+from server.openai_speech import in_api_terms, parse_speech_request, voice_name
 from server.servicer import EngineClient
 from server.tempo import with_speed
+from server.voices.types import Voice, VoiceNotFound, valid_name
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
@@ -71,10 +73,12 @@ def failure_response(failure: Failure) -> JSONResponse:
 
 class HttpApi:
     def __init__(self, engine: EngineClient, metrics: Metrics, model_names: tuple[str, ...],
-                 tokens: BearerTokens | None = None):
+                 tokens: BearerTokens | None = None, voices=None):
+        """`voices`: the VoiceRegistry whose voices `voice` may name (None: speakers only)."""
         if not model_names:
             raise ValueError("the HTTP API needs at least one served model name")
         self._engine = engine
+        self._voices = voices
         self._metrics = metrics
         self.model_names = model_names
         self._accepting = True
@@ -102,13 +106,14 @@ class HttpApi:
         body = await _read_json(request)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         speech = parse_speech_request(body, models=self.model_names, request_id=request_id,
-                                      limits=self._engine.info().limits)
+                                      limits=self._engine.info().limits, voices_stored=self._voices is not None,
+                                      stored_voice=await self._stored_voice(voice_name(body)))
         if not self._accepting:
             raise EngineUnavailable("the server is shutting down: send the request to another replica")
         try:
             stream = self._engine.submit(speech.params)
         except InvalidRequest as exc:
-            raise in_api_terms(exc) from None
+            raise in_api_terms(exc, speech.voice) from None
         encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
         delivery = AudioDelivery(stream, encoder, self._metrics, request_id=request_id, sample_rate=SAMPLE_RATE,
                                  arrival=arrival)
@@ -122,6 +127,16 @@ class HttpApi:
                                      headers={**headers, "cache-control": "no-cache"})
         return StreamingResponse(_audio(first, pieces), media_type=speech.response_format.media_type,
                                  headers=headers)
+
+    async def _stored_voice(self, name: str | None) -> Voice | None:
+        """The stored voice `name` names, or None (no such voice: `voice` is then a speaker id or
+        an OpenAI name). A voice another codec made raises VoiceUnusable (400)."""
+        if self._voices is None or name is None or not valid_name(name):
+            return None
+        try:
+            return await asyncio.to_thread(self._voices.resolve, name)
+        except VoiceNotFound:
+            return None
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})

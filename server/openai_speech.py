@@ -19,6 +19,8 @@ from server.engine import rules
 from server.engine.types import EngineLimits, InvalidRequest, SynthesisParams, Violation
 from server.errors import NotFound
 from server.tempo import MAX_SPEED, MIN_SPEED
+from server.voices.synthesis import blame_request_fields, with_voice
+from server.voices.types import Voice
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +44,8 @@ STREAM_FORMATS = ("audio", "sse")
 # one work unchanged. --served-model-name replaces the whole list.
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 # OpenAI's built-in voices. CSM has no fixed voices: a speaker id is a role in the conversation
-# and the voice comes from the context and the seed. These names speak as speaker 0, so that
-# clients that default to one of them work unchanged.
+# and the voice comes from the context and the seed. These names speak as speaker 0 (unless a
+# voice is stored under the name), so that clients that default to one of them work unchanged.
 OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
                  "shimmer", "verse")
 # Engine field paths (shared with csm.v1) as this API names them.
@@ -53,13 +55,22 @@ ENGINE_FIELDS = {"text": "input", "speaker": "voice", "sampling.temperature": "t
 
 
 def resolve_voice(voice: str, max_speaker_id: int) -> int | None:
-    """The speaker a `voice` speaks as: "0".."max_speaker_id", or one of OPENAI_VOICES (speaker 0).
-    None when the name is unknown. Registered voices will be looked up here first."""
+    """The speaker a `voice` that names no stored voice speaks as: "0".."max_speaker_id", or one
+    of OPENAI_VOICES (speaker 0). None when the name is unknown."""
     if voice.isdecimal() and int(voice) <= max_speaker_id:
         return int(voice)
     if voice.lower() in OPENAI_VOICES:
         return 0
     return None
+
+
+def voice_name(body: Any) -> str | None:
+    """The name the request's `voice` gives (a string, or an object's `id`), if any: what the
+    caller looks up among the stored voices before parsing the request."""
+    voice = body.get("voice") if isinstance(body, dict) else None
+    if isinstance(voice, dict):
+        voice = voice.get("id")
+    return voice if isinstance(voice, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +79,18 @@ class SpeechRequest:
     response_format: ResponseFormat
     speed: float
     stream_format: str  # "audio" or "sse"
+    voice: Voice | None = None  # the stored voice it speaks with
 
 
-def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits,
-                         request_id: str) -> SpeechRequest:
+def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits, request_id: str,
+                         stored_voice: Voice | None = None, voices_stored: bool = False) -> SpeechRequest:
     """Raises NotFound for a model this server does not serve, InvalidRequest listing every
     other problem at once: this API's own fields, and the engine's rules (text length,
-    sampling ranges, max_audio_ms: server/engine/rules.py) named as this API names them."""
+    sampling ranges, max_audio_ms: server/engine/rules.py) named as this API names them.
+
+    `stored_voice`: the stored voice `voice` names (looked up by the caller, voice_name), which
+    wins over a speaker id or an OpenAI name: its segments open the context and it speaks as
+    its last segment's speaker. `voices_stored`: the server stores voices (for the message)."""
     max_speaker_id = limits.max_speaker_id
     if not isinstance(body, dict):
         raise InvalidRequest([Violation("body", "must be a JSON object")])
@@ -115,11 +131,14 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
         voice = voice.get("id")
         if not isinstance(voice, str):
             violations.append(Violation("voice.id", "must be a string"))
-    if isinstance(voice, str):
+    if stored_voice is not None:
+        speaker = stored_voice.segments[-1].speaker
+    elif isinstance(voice, str):
         resolved = resolve_voice(voice, max_speaker_id)
         if resolved is None:
-            violations.append(Violation("voice", f"unknown voice {voice!r}: use a speaker id 0..{max_speaker_id} "
-                                                 f"or one of {', '.join(OPENAI_VOICES)} (speaker 0)"))
+            stored = "the name of a stored voice, " if voices_stored else ""
+            violations.append(Violation("voice", f"unknown voice {voice!r}: use {stored}a speaker id "
+                                                 f"0..{max_speaker_id} or one of {', '.join(OPENAI_VOICES)} (speaker 0)"))
         else:
             speaker = resolved
     if response_format not in RESPONSE_FORMATS:
@@ -137,16 +156,21 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
     params = SynthesisParams(text=text or "", speaker=speaker, temperature=float(temperature), top_k=top_k, seed=seed,
                              max_audio_ms=max_audio_ms if max_audio_ms and max_audio_ms > 0 else None,
                              output_encoding=encoding.value, output_sample_rate=SAMPLE_RATE, request_id=request_id)
+    if stored_voice is not None:
+        params = with_voice(params, stored_voice)
     named = {v.field for v in violations}
-    violations += [v for v in in_api_terms(InvalidRequest(rules.check(params, limits))).violations
+    violations += [v for v in in_api_terms(InvalidRequest(rules.check(params, limits)), stored_voice).violations
                    if v.field not in named]
     if violations:
         raise InvalidRequest(violations)
-    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format)
+    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format, stored_voice)
 
 
-def in_api_terms(exc: InvalidRequest) -> InvalidRequest:
-    """The engine's violations with this API's field names (`text` is `input`, `speaker` is `voice`)."""
+def in_api_terms(exc: InvalidRequest, voice: Voice | None = None) -> InvalidRequest:
+    """The engine's violations with this API's field names (`text` is `input`, `speaker` is
+    `voice`, a stored voice's context segments are `voice`)."""
+    if voice is not None:
+        exc = blame_request_fields(exc, voice)
     return InvalidRequest([Violation(ENGINE_FIELDS.get(v.field, v.field), v.description) for v in exc.violations])
 
 

@@ -51,13 +51,17 @@ def mimi_encoder(engine):
     encoder.close()
 
 
+def registry_for(engine, mimi_encoder, directory, **config) -> tuple[VoiceRegistry, CountingEncoder]:
+    cfg = VoicesConfig(directory=str(directory), **config)
+    encoder = CountingEncoder(mimi_encoder)
+    return VoiceRegistry(VoiceStore(cfg.path), VoiceLimits.for_engine(engine.info().limits, cfg), encoder,
+                         engine.parts.tokenizer), encoder
+
+
 @contextmanager
 def voice_server(engine, mimi_encoder, directory, **config):
     """A loopback server whose voices live in `directory`; yields (client, encoder)."""
-    cfg = VoicesConfig(directory=str(directory), **config)
-    encoder = CountingEncoder(mimi_encoder)
-    registry = VoiceRegistry(VoiceStore(cfg.path), VoiceLimits.for_engine(engine.info().limits, cfg), encoder,
-                             engine.parts.tokenizer)
+    registry, encoder = registry_for(engine, mimi_encoder, directory, **config)
     server = LoopbackServer(engine, voices=registry).start()
     try:
         with SpeechClient(server.target) as client:
@@ -178,6 +182,41 @@ def test_synthesize_with_a_voice_sends_its_codes(engine, mimi_encoder, tmp_path,
         with pytest.raises(grpc.RpcError) as exc:  # the request's own fields are named, not the combined context
             client.synthesize("Hi.", voice="speaker-a", context=[ContextTurn(text="x", speaker=99)], timeout=60)
         assert list(field_violations(exc.value)) == ["context[0].speaker"]
+
+
+def test_the_openai_endpoint_speaks_with_a_stored_voice(engine, mimi_encoder, tmp_path, monkeypatch):
+    """`voice` names a stored voice first (it speaks as its last segment's speaker, the voice's
+    codes open the context): the same audio as csm.v1 with that voice and speaker, to within
+    one 16-bit step (docs/api.md, "What a seed repeats")."""
+    from openai import BadRequestError, OpenAI
+
+    registry, encoder = registry_for(engine, mimi_encoder, tmp_path)
+    server = LoopbackServer(engine, voices=registry).start()
+    try:
+        openai = OpenAI(base_url=f"{server.http_url}/v1", api_key="none", max_retries=0, timeout=120)
+        with SpeechClient(server.target) as client:
+            client.create_voice("alloy", [take(speaker=2)], timeout=120)  # a stored voice wins over OpenAI's name
+            seen = codes_reaching_the_engine(engine, monkeypatch)
+            line = dict(model="tts-1", input="Hello over HTTP.", response_format="pcm",
+                        extra_body={"seed": 9, "max_audio_ms": SHORT_MS})
+            over_http = openai.audio.speech.create(voice="alloy", **line).content
+            (context,) = seen
+            assert [(s.speaker, s.text, s.codes.shape[1]) for s in context] == [(2, "This is how I sound.", 13)]
+            over_grpc = b"".join(c.data for c in client.stream(
+                "Hello over HTTP.", voice="alloy", speaker=2, seed=9, encoding="pcm", max_audio_ms=SHORT_MS,
+                timeout=120))
+            a, b = np.frombuffer(over_http, "<i2"), np.frombuffer(over_grpc, "<i2")
+            assert len(a) == len(b) > 0 and int(np.abs(a.astype(np.int32) - b).max()) <= 1
+            assert encoder.calls == 1  # used from its stored codes, never encoded again
+
+            seen.clear()
+            openai.audio.speech.create(voice="echo", **line)  # not stored: OpenAI's name, speaker 0, no context
+            assert seen == [()]
+            with pytest.raises(BadRequestError) as error:
+                openai.audio.speech.create(voice="nobody", **line)
+            assert error.value.body["param"] == "voice" and "stored voice" in error.value.body["message"]
+    finally:
+        server.stop()
 
 
 def test_the_voice_codes_are_in_the_prompt(engine, mimi_encoder, tmp_path):
