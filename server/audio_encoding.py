@@ -20,11 +20,7 @@ import numpy as np
 from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 from csm_wire import wav
 from server.engine.types import OutputEncoding
-
-
-PCM_RATE_RANGE = (8_000, 48_000)  # PCM, WAV and FLAC output: any rate in this range (Hz)
-OPUS_RATES = (24_000, 48_000)  # Ogg/Opus output rates
-MPEG_RATES = (8_000, 11_025, 12_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000)  # MP3 and AAC
+from server.output_rates import rate_rule, supported_rate
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,33 +32,17 @@ class _Codec:
     sample_format: str  # what the encoder is fed; PyAV converts our float32 to it
     bit_rate: int | None  # bit/s; None for lossless
     muxer_options: dict[str, str] = field(default_factory=dict)
-    rates: tuple[int, ...] | None = None  # None: PCM_RATE_RANGE
 
 
 _CODECS = {
     # One 20 ms Opus packet per Ogg page: a page leaves as soon as the next packet starts it,
     # so a stream's bytes trail its audio by at most one packet (the default is 1 s pages).
-    OutputEncoding.OGG_OPUS: _Codec("ogg", "libopus", "flt", 48_000, {"page_duration": "20000"}, OPUS_RATES),
-    OutputEncoding.MP3: _Codec("mp3", "libmp3lame", "fltp", 64_000, rates=MPEG_RATES),
-    OutputEncoding.AAC: _Codec("adts", "aac", "fltp", 64_000, rates=MPEG_RATES),
+    OutputEncoding.OGG_OPUS: _Codec("ogg", "libopus", "flt", 48_000, {"page_duration": "20000"}),
+    OutputEncoding.MP3: _Codec("mp3", "libmp3lame", "fltp", 64_000),
+    OutputEncoding.AAC: _Codec("adts", "aac", "fltp", 64_000),
     # No 8 KiB padding block after STREAMINFO (nothing rewrites the header of a stream).
     OutputEncoding.FLAC: _Codec("flac", "flac", "s16", None, {"metadata_header_padding": "0"}),
 }
-
-
-def supported_rate(encoding: OutputEncoding, sample_rate: int) -> bool:
-    codec = _CODECS.get(encoding)
-    if codec is not None and codec.rates is not None:
-        return sample_rate in codec.rates
-    return PCM_RATE_RANGE[0] <= sample_rate <= PCM_RATE_RANGE[1]
-
-
-def rate_rule(encoding: OutputEncoding) -> str:
-    """The accepted output rates, in words, for error messages."""
-    codec = _CODECS.get(encoding)
-    if codec is not None and codec.rates is not None:
-        return f"{encoding.name} output supports {', '.join(map(str, codec.rates))} Hz"
-    return f"{encoding.name} output supports any rate from {PCM_RATE_RANGE[0]} to {PCM_RATE_RANGE[1]} Hz"
 
 
 def to_s16le(pcm: np.ndarray) -> bytes:

@@ -32,3 +32,22 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert "| graphs | 2 | on |" in summary and "| int8 | 2 | off |" in summary
     assert {p.name for p in tmp_path.iterdir()} == {"gpu_check.json", "gpu_check.md", "gpu_check.log",
                                                     "pytest_cuda.log"}
+
+
+
+# Installed here, but neither in the GPU image nor in .whl/ (scripts/fetch_gpu_wheels.sh): the
+# HTTP API's and the output encoders' packages, which the engine, csm-bench and the check never need.
+NOT_ON_THE_GPU_MACHINE = ("av", "starlette", "uvicorn")
+
+
+def test_what_the_gpu_check_imports_is_on_the_gpu_machine():
+    code = ("import sys\n"
+            f"for name in {NOT_ON_THE_GPU_MACHINE!r}:\n"
+            "    sys.modules[name] = None  # import raises ImportError, as where it is not installed\n"
+            "import server.engine.engine, server.bench, tests.test_cuda  # what gpu_check.sh runs\n"
+            "import importlib.util\n"
+            "spec = importlib.util.spec_from_file_location('gpu_check', 'scripts/gpu_check.py')\n"
+            "module = sys.modules['gpu_check'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]

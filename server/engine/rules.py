@@ -22,7 +22,7 @@ import numpy as np
 
 from csm_core.audio_io import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RAW_SAMPLE_BYTES
 from csm_core.constants import AUDIO_VOCAB_SIZE, FRAME_MS, MAX_TEMPERATURE
-from server.audio_encoding import rate_rule, supported_rate
+from server.output_rates import rate_rule, supported_rate
 from server.engine.types import (
     ContextSegment, EncodedAudio, EngineLimits, OutputEncoding, SynthesisParams, Violation,
 )
