@@ -265,6 +265,8 @@ class EngineCore:
         for chunk in plan.prefill:
             if not chunk.request.finished:
                 chunk.request.num_prefilled = chunk.end
+        # Observers (csm-bench, tests) get the step's frames in one copy: one sync, not one per stream.
+        observed = result.codes.cpu() if self.frame_observers and result.producers else None
         for i, req in enumerate(result.producers):
             req.status = RequestStatus.DECODING
             if result.eos[i]:
@@ -275,7 +277,7 @@ class EngineCore:
             if req.turn is not None:
                 self.sessions.frame(req, result.codes[i])
             for fn in self.frame_observers:
-                fn(req.label, req.state.last_frame.cpu())
+                fn(req.label, observed[i])
             if req.num_frames >= req.max_frames:
                 self._finish(req, FinishReason.LENGTH)
                 finished.append(FinishReason.LENGTH)
