@@ -137,7 +137,21 @@ def raw_call(server, *requests):
         return list(stub.Converse(iter(requests), timeout=60))
 
 
-def test_what_ends_a_whole_call(server):
+def raw_bytes_call(server, *payloads: bytes):
+    """A Converse call whose request messages are these bytes, parsed or not."""
+    with grpc.insecure_channel(server.target) as channel:
+        call = channel.stream_stream("/csm.v1.Speech/Converse", request_serializer=lambda b: b,
+                                     response_deserializer=pb.ConverseResponse.FromString)
+        return list(call(iter(payloads), timeout=60))
+
+
+def test_what_ends_a_whole_call(server, client):
+    """Each of these ends its own call with a clear status; a conversation speaking beside them
+    goes on untouched."""
+    bystander = client.converse(seed=2, timeout=120)
+    bystander.speak("I keep talking while the other calls fail.", max_audio_ms=2400)
+    heard = iter(bystander)
+    assert next(m for m in heard if m.HasField("audio"))  # it is speaking while the others fail
     speak = pb.ConverseRequest(speak=pb.SpeakTurn(text="Hi."))
     config = pb.ConverseRequest(config=pb.ConversationConfig())
     cases = [
@@ -154,6 +168,15 @@ def test_what_ends_a_whole_call(server):
         assert exc.value.code() is code, requests
         if field is not None:
             assert field in field_violations(exc.value)
+    invalid_utf8 = b"\x1a\x04\x1a\x02\xff\xfe"  # speak (3) { text (3): bytes that are not UTF-8 }
+    for payloads in ((b"\xff\xff\xff",), (config.SerializeToString(), invalid_utf8)):
+        with pytest.raises(grpc.RpcError) as exc:
+            raw_bytes_call(server, *payloads)
+        assert exc.value.code() is grpc.StatusCode.INVALID_ARGUMENT, (payloads, exc.value.details())
+    bystander.close()
+    rest = list(heard)
+    results = [m.result for m in rest if m.HasField("result")]
+    assert len(results) == 1 and results[0].frames > 0 and not any(m.HasField("error") for m in rest)
 
 
 def test_a_client_that_goes_away_frees_its_slot(client, engine):
