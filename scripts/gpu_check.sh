@@ -39,7 +39,8 @@ else
 fi
 
 set +e
-"$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log"
+# At most 3 of the 8 minutes: a compile that hangs must leave the sweep its time.
+timeout 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$OUT/pytest_cuda.log"
 pytest_rc=${PIPESTATUS[0]}
 set -e
 left=$((BUDGET_S - ($(date +%s) - start)))
