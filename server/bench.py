@@ -36,7 +36,7 @@ from csm_core.text import load_tokenizer
 from csm_core.watermark import Watermarker
 from server.engine.config import EngineConfig
 from server.engine.engine import Engine, build
-from server.heap import limit_malloc_arenas
+from server.heap import tune_heap
 from server.engine.stream import RequestStream
 from server.engine.types import (
     AudioOut, ContextSegment, Finished, FinishReason, PipelineCounters, StepStats, SynthesisParams,
@@ -642,7 +642,7 @@ def engine_runs(args: argparse.Namespace, sources: Companions, requests: list[Sy
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()  # the allocator csm-serve runs with (server/heap.py)
+    tune_heap()  # the allocator csm-serve runs with (server/heap.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     _check_args(parser, args)

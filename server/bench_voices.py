@@ -45,7 +45,7 @@ from server.app import ServerConfig, SpeechServer
 from server.bench import percentiles, synthetic_audio
 from server.engine.config import EngineConfig
 from server.engine.engine import Engine, build
-from server.heap import limit_malloc_arenas
+from server.heap import tune_heap
 from server.voices.config import VoicesConfig
 from server.voices.mimi_encoder import open_registry
 
@@ -322,7 +322,7 @@ def engine_config(args, prefix_cache_mb: int) -> EngineConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()  # the allocator csm-serve runs with (server/heap.py)
+    tune_heap()  # the allocator csm-serve runs with (server/heap.py)
     args = build_parser().parse_args(argv)
     chosen = set(args.scenarios)
     out: dict = {"meta": meta(args)}

@@ -16,7 +16,7 @@ from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 from server.app import ServedEngine, ServerConfig, SpeechServer
 from server.auth import load_tokens
 from server.engine.config import EngineConfig
-from server.heap import limit_malloc_arenas
+from server.heap import tune_heap
 from server.listeners import Listeners, PortUnavailable
 from server.openai_speech import OPENAI_TTS_MODELS
 from server.voices.config import VoicesConfig, default_voices_dir
@@ -186,7 +186,7 @@ async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistr
 
 
 def main(argv: list[str] | None = None) -> int:
-    limit_malloc_arenas()  # before any thread allocates (server/heap.py)
+    tune_heap()  # before any thread allocates (server/heap.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.log_format)

@@ -9,9 +9,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def pytest_configure(config):
     # The servers under test run in this process: give it the C heap csm-serve gives itself.
-    from server.heap import limit_malloc_arenas
+    from server.heap import tune_heap
 
-    limit_malloc_arenas()
+    tune_heap()
 
 
 @pytest.fixture

@@ -1,25 +1,86 @@
-"""server/heap.py: the C heap policy csm-serve starts with."""
+"""server/heap.py: the C heap csm-serve starts with."""
 
+import inspect
+import os
 import subprocess
 import sys
 
-HEAP = "import sys; from server.heap import limit_malloc_arenas; print(limit_malloc_arenas())"
+TUNE = "from server.heap import tune_malloc; print(sorted(tune_malloc().items()))"
+GLIBC_ENV = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "CSM_MALLOC_TUNING")
 
 
-def test_csm_serve_caps_malloc_arenas_unless_the_operator_chose():
-    env = {k: v for k, v in __import__("os").environ.items() if k != "MALLOC_ARENA_MAX"}
-    done = subprocess.run([sys.executable, "-c", HEAP], capture_output=True, text=True, env=env, timeout=60)
-    assert done.stdout.strip() == "True", done.stderr  # glibc (every Linux image we ship)
-    chosen = subprocess.run([sys.executable, "-c", HEAP], capture_output=True, text=True, timeout=60,
-                            env={**env, "MALLOC_ARENA_MAX": "4"})
-    assert chosen.stdout.strip() == "False", chosen.stderr
+def tuned(**env) -> str:
+    base = {k: v for k, v in os.environ.items() if k not in GLIBC_ENV}
+    done = subprocess.run([sys.executable, "-c", TUNE], capture_output=True, text=True, timeout=60,
+                          env={**base, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
-def test_every_entry_point_applies_it_first():
-    import inspect
+def test_tuned_unless_the_operator_chose():
+    assert tuned() == "[('MALLOC_ARENA_MAX', 2)]"  # glibc (every image we ship)
+    assert tuned(MALLOC_ARENA_MAX="4") == "[]"
+    assert tuned(CSM_MALLOC_TUNING="0") == "[]"
 
+
+ARENAS = """
+import ctypes, sys, threading
+from server.heap import tune_malloc
+tune_malloc()
+def work():
+    for _ in range(300):
+        blocks = [bytearray(1000) for _ in range(50)]
+threads = [threading.Thread(target=work) for _ in range(12)]
+for t in threads: t.start()
+for t in threads: t.join()
+ctypes.CDLL(None).malloc_stats()  # one "Arena N:" section per arena, on stderr
+"""
+
+
+def test_twelve_busy_threads_share_two_arenas():
+    base = {k: v for k, v in os.environ.items() if k not in GLIBC_ENV}
+    done = subprocess.run([sys.executable, "-c", ARENAS], capture_output=True, text=True, timeout=60, env=base)
+    assert done.returncode == 0, done.stderr
+    assert 1 <= sum(line.startswith("Arena ") for line in done.stderr.splitlines()) <= 2, done.stderr
+
+
+TRIM = """
+import ctypes, time
+from server.heap import HeapTrimmer
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+libc.free(libc.malloc(8 << 20))  # a freed mapped block raises glibc's mmap threshold past 1 MiB
+big, pins = [], []
+for _ in range(200):  # 200 MiB in the heap, each block followed by a small one that stays
+    block = libc.malloc(1 << 20)
+    ctypes.memset(block, 1, 1 << 20)
+    big.append(block)
+    pins.append(libc.malloc(64))
+for block in big:
+    libc.free(block)
+held = rss()
+trimmer = HeapTrimmer(0.05).start()
+while trimmer.trims < 2:
+    time.sleep(0.05)
+trimmer.stop()
+print(held >> 20, rss() >> 20)
+"""
+
+
+def test_the_trimmer_gives_free_heap_pages_back():
+    base = {k: v for k, v in os.environ.items() if k not in GLIBC_ENV}
+    done = subprocess.run([sys.executable, "-c", TRIM], capture_output=True, text=True, timeout=60, env=base)
+    assert done.returncode == 0, done.stderr
+    held, after = map(int, done.stdout.split())
+    assert held - after > 150, (held, after)  # the 200 MiB freed inside the heap went back to the OS
+
+
+def test_every_entry_point_tunes_first():
     from server import bench, bench_voices, cli
 
     for module in (cli, bench, bench_voices):
         body = inspect.getsource(module.main).splitlines()
-        assert "limit_malloc_arenas()" in body[1], (module.__name__, body[1])
+        assert "tune_heap()" in body[1], (module.__name__, body[1])
