@@ -58,10 +58,6 @@ class HeapTrimmer:
         self._thread = threading.Thread(target=self._run, name="heap-trimmer", daemon=True)
         self.trims = 0
 
-    @property
-    def active(self) -> bool:
-        return self._libc is not None
-
     def start(self) -> HeapTrimmer:
         if self._libc is not None:
             self._thread.start()

@@ -7,20 +7,16 @@ import numpy as np
 import pytest
 
 from server.engine.config import EngineConfig
-from server.engine.engine import build
 from server.engine.types import AudioOut, Finished, SynthesisParams
+
+from engines import recording_engine
 
 ONE_LSB = 1 / 32768  # one step of 16-bit PCM
 
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = build(EngineConfig(model="tiny", device="cpu", dtype="float32", watermark=True, max_slots=4))
-    frames: dict[str, list] = {}
-    eng.add_frame_observer(lambda label, codes: frames.setdefault(label, []).append(codes))
-    eng.frames = frames
-    eng.start()
-    assert eng.wait_ready(300)
+    eng = recording_engine(EngineConfig(model="tiny", device="cpu", dtype="float32", watermark=True, max_slots=4))
     yield eng
     eng.shutdown()
 

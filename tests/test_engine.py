@@ -15,19 +15,15 @@ from csm_core.framing import Segment, build_prompt
 from csm_core.generate import generate
 from csm_core.sampling import SamplingParams
 from server.engine.config import EngineConfig
-from server.engine.engine import build
 from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, SynthesisParams
+
+from engines import recording_engine
 
 
 @pytest.fixture(scope="module")
 def engine():
-    eng = build(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=64,
-                              watermark=False, prefill_budget=64, prefill_chunk=32))
-    frames: dict[str, list[torch.Tensor]] = {}
-    eng.add_frame_observer(lambda rid, codes: frames.setdefault(rid, []).append(codes))
-    eng.frames = frames
-    eng.start()
-    assert eng.wait_ready(120)
+    eng = recording_engine(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=64,
+                                        watermark=False, prefill_budget=64, prefill_chunk=32))
     yield eng
     eng.shutdown()
 

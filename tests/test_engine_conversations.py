@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from server.engine.config import EngineConfig
-from server.engine.engine import build
 from server.engine.types import (
     AudioOut, ContextSegment, EncodedAudio, Finished, FinishReason, InvalidRequest, SynthesisParams,
 )
+
+from engines import recording_engine
 
 CHUNK = 32
 
@@ -24,14 +25,9 @@ CHUNK = 32
 def start(**overrides):
     config = dict(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=16, watermark=False,
                   prefill_budget=64, prefill_chunk=CHUNK, conversation_idle_s=0)
-    eng = build(EngineConfig(**{**config, **overrides}))
-    frames: dict[str, list[torch.Tensor]] = {}
-    eng.add_frame_observer(lambda rid, codes: frames.setdefault(rid, []).append(codes))
-    prefilled: list[int] = []
-    eng.add_step_observer(lambda st: prefilled.append(st.prefill_tokens))
-    eng.frames, eng.prefilled = frames, prefilled
-    eng.start()
-    assert eng.wait_ready(120)
+    eng = recording_engine(EngineConfig(**{**config, **overrides}))
+    eng.prefilled = []  # prompt positions prefilled per step, from here on (tests take differences)
+    eng.add_step_observer(lambda st: eng.prefilled.append(st.prefill_tokens))
     return eng
 
 

@@ -10,23 +10,19 @@ import pytest
 import torch
 
 from server.engine.config import EngineConfig
-from server.engine.engine import build
 from server.engine.kv_blocks import KVBlockPool
 from server.engine.parts import load_parts
 from server.engine.types import ContextSegment, Finished, FinishReason, SynthesisParams
+
+from engines import recording_engine
 
 CHUNK = 32
 
 
 def start(prefix_cache_mb: int):
-    eng = build(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=16, watermark=False,
-                             prefill_budget=64, prefill_chunk=CHUNK, prefix_cache_mb=prefix_cache_mb))
-    frames: dict[str, list[torch.Tensor]] = {}
-    eng.add_frame_observer(lambda rid, codes: frames.setdefault(rid, []).append(codes))
-    eng.frames = frames
-    eng.start()
-    assert eng.wait_ready(120)
-    return eng
+    return recording_engine(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=4, max_queue=16,
+                                         watermark=False, prefill_budget=64, prefill_chunk=CHUNK,
+                                         prefix_cache_mb=prefix_cache_mb))
 
 
 @pytest.fixture(scope="module")
@@ -122,12 +118,7 @@ def test_eviction_under_a_small_budget_keeps_results_exact(uncached):
     parts = load_parts(config)
     runner = parts.runner
     runner.kv_blocks = KVBlockPool(runner.model, 8 * runner.kv_blocks.block_bytes, CHUNK)  # 8 blocks
-    small = build(config, parts=parts)
-    frames: dict[str, list[torch.Tensor]] = {}
-    small.add_frame_observer(lambda rid, codes: frames.setdefault(rid, []).append(codes))
-    small.frames = frames
-    small.start()
-    assert small.wait_ready(120)
+    small = recording_engine(config, parts=parts)
     try:
         voices = [voice(150, seed=50 + i) for i in range(3)]  # 5 blocks each: they evict each other
         for round_ in range(2):

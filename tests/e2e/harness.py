@@ -9,6 +9,8 @@ import threading
 import time
 import urllib.request
 
+import grpc
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import ServerConfig, SpeechServer
@@ -94,3 +96,12 @@ def free_port() -> int:
 def long_audio_ms(info) -> int:
     """A max_audio_ms that keeps a short prompt generating for many seconds on CPU."""
     return min(info.max_audio_ms, (info.max_seq_len - 100) * 80, 60_000)
+
+
+def drain_quietly(stream) -> None:
+    """Reads a stream to its end, whatever status it ends with."""
+    try:
+        for _ in stream:
+            pass
+    except grpc.RpcError:
+        pass

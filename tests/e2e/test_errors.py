@@ -16,7 +16,7 @@ from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc
 
 from .conftest import start_tiny_engine
-from .harness import LoopbackServer, long_audio_ms, wait_for
+from .harness import LoopbackServer, drain_quietly, long_audio_ms, wait_for
 
 
 def wav_bytes(channels: int = 1, rate: int = 24_000) -> bytes:
@@ -125,7 +125,7 @@ def test_full_queue_is_resource_exhausted_with_retry_info(one_slot_server):
         chunks = iter(running)
         next(chunks)  # admitted: the slot is taken
         waiting = client.stream("I wait in the queue.", **long)
-        waiter = threading.Thread(target=lambda: _drain_quietly(waiting), daemon=True)
+        waiter = threading.Thread(target=lambda: drain_quietly(waiting), daemon=True)
         waiter.start()
         wait_for(lambda: client.model_info(timeout=10).requests_waiting == 1, what="the second request to queue")
 
@@ -141,11 +141,3 @@ def test_full_queue_is_resource_exhausted_with_retry_info(one_slot_server):
         wait_for(lambda: client.model_info(timeout=10).slots_in_use == 0, what="the slot to be freed")
         ok = client.stream("Room again.", max_audio_ms=160, seed=2, timeout=120)
         assert list(ok) and ok.result.frames > 0
-
-
-def _drain_quietly(stream) -> None:
-    try:
-        for _ in stream:
-            pass
-    except grpc.RpcError:
-        pass

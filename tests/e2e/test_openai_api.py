@@ -15,7 +15,6 @@ import urllib.request
 from http.client import HTTPConnection
 from pathlib import Path
 
-import grpc
 import openai
 import pytest
 from decoders import OPUS_DECODE_RATE, ffmpeg_decode, ffprobe_rate, opusinfo
@@ -27,7 +26,7 @@ from server.engine.config import EngineConfig
 from server.engine.engine import build
 
 from .conftest import WARMUP_TIMEOUT_S, start_tiny_engine
-from .harness import LoopbackServer, long_audio_ms, wait_for
+from .harness import LoopbackServer, drain_quietly, long_audio_ms, wait_for
 
 FORMATS = ("mp3", "opus", "aac", "flac", "wav", "pcm")
 MEDIA_TYPES = {"mp3": "audio/mpeg", "opus": "audio/ogg", "aac": "audio/aac", "flac": "audio/flac",
@@ -235,7 +234,7 @@ def test_full_queue_is_429_with_retry_after():
             running = grpc_client.stream("I hold the only slot.", **long)
             next(iter(running))
             waiting = grpc_client.stream("I wait in the queue.", **long)
-            threading.Thread(target=_drain_quietly, args=(waiting,), daemon=True).start()
+            threading.Thread(target=drain_quietly, args=(waiting,), daemon=True).start()
             wait_for(lambda: grpc_client.model_info(timeout=10).requests_waiting == 1, what="a queued request")
             with pytest.raises(openai.RateLimitError) as refused:
                 sdk(server.http_url).audio.speech.create(**REQUEST)
@@ -303,11 +302,3 @@ def test_the_docs_curl_examples_work_as_written(server, tmp_path):
         if fmt == "opus":
             opusinfo(data)
         assert len(ffmpeg_decode(data, fmt)) > 0, command
-
-
-def _drain_quietly(stream) -> None:
-    try:
-        for _ in stream:
-            pass
-    except grpc.RpcError:
-        pass
