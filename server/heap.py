@@ -74,6 +74,13 @@ class HeapTrimmer:
             self.trims += 1
 
 
+def trim_heap() -> None:
+    """Gives the heaps' free pages back to the OS now (what HeapTrimmer does periodically)."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 _trimmer: HeapTrimmer | None = None
 
 
