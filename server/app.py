@@ -28,12 +28,15 @@ from csm_wire import speech_pb2, speech_pb2_grpc, voices_pb2, voices_pb2_grpc
 from server import reflection
 from server.auth import BearerTokenInterceptor, BearerTokens
 from server.engine.types import StepStats
+from server.converse.call import ConverseCall
 from server.errors import StatusInterceptor
 from server.http_api import HttpApi
 from server.listeners import Listeners, port_error
 from server.metrics import Metrics
 from server.openai_speech import OPENAI_TTS_MODELS
-from server.servicer import EngineClient, SpeechServicer
+from server.front.door import FrontDoor
+from server.front.engine_client import EngineClient
+from server.servicer import SpeechServicer
 from server.voices.registry import VoiceRegistry
 from server.voices.servicer import VoicesServicer
 
@@ -133,9 +136,11 @@ class SpeechServer:
         engine.add_step_observer(self.metrics.observe_step)
         tokens = BearerTokens(config.auth_tokens) if config.auth_tokens else None
         self._tokens = tokens
-        self._servicer = SpeechServicer(engine, self.metrics, voices)
+        self._door = FrontDoor(engine, voices, self.metrics)  # every transport's way in
+        self._servicer = SpeechServicer(self._door, lambda requests, context: ConverseCall(self._door).run(
+            requests, context))
         self._voices = voices
-        self._http_api = HttpApi(engine, self.metrics, self.model_names, tokens, voices)
+        self._http_api = HttpApi(self._door, self.model_names, tokens)
         self._health = health.aio.HealthServicer()
         self._listeners = listeners
         self._server: grpc.aio.Server | None = None
@@ -222,8 +227,7 @@ class SpeechServer:
         grace = self.config.drain_grace_s
         log.info("draining: health NOT_SERVING, new calls UNAVAILABLE (HTTP 503), in-flight streams get %.0f s",
                  grace)
-        self._servicer.stop_accepting()
-        self._http_api.stop_accepting()
+        self._door.stop_accepting()
         await self._health.enter_graceful_shutdown()
         finished = await asyncio.to_thread(self._engine.drain, grace)
         if not finished:

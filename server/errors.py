@@ -90,6 +90,7 @@ _FAILURES: tuple[tuple[type[Exception], int, int], ...] = (
     (Unimplemented, code_pb2.UNIMPLEMENTED, 501),
     (EngineUnavailable, code_pb2.UNAVAILABLE, 503),
 )
+DOMAIN_ERRORS: tuple[type[Exception], ...] = tuple(kind for kind, _, _ in _FAILURES)
 
 
 def describe(exc: BaseException) -> Failure | None:

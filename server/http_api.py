@@ -7,9 +7,11 @@
     GET  /health             200 while the process is up (liveness)
     GET  /ready              200 once the engine has warmed up, 503 before that and while draining
 
-A Starlette app, served by uvicorn on the gRPC server's event loop (server/app.py). Response
-headers leave with the first audio, not before: a request that fails before it has any audio
-still gets its HTTP status. Errors are server/errors.py's Failures in OpenAI's JSON shape.
+A Starlette app, served by uvicorn on the gRPC server's event loop (server/app.py). Requests go
+through the front door (server/front/door.py) like gRPC's: the same drain switch, voice lookup,
+submission and delivery. Response headers leave with the first audio, not before: a request
+that fails before it has any audio still gets its HTTP status. Every error is one of
+server/errors.py's Failures, in OpenAI's JSON shape: a client's mistake is always a 4xx.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import base64
 import json
 import math
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -32,14 +35,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from csm_core.constants import SAMPLE_RATE
 from server.audio_encoding import make_encoder
 from server.auth import BearerTokens
-from server.delivery import AudioDelivery, Piece
-from server.engine.types import EngineUnavailable, InvalidRequest, QueueFull, Violation
-from server.errors import Failure, NotFound, RequestTooLarge, SynthesisFailed, Unauthenticated, describe
+from server.engine.types import InvalidRequest, Violation
+from server.errors import DOMAIN_ERRORS, Failure, NotFound, RequestTooLarge, Unauthenticated, describe
+from server.front.delivery import AudioDelivery, Piece
+from server.front.door import FrontDoor
 from server.metrics import Metrics
-from server.openai_speech import in_api_terms, parse_speech_request, voice_name
-from server.servicer import EngineClient
+from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_request
 from server.tempo import with_speed
-from server.voices.types import Voice, VoiceNotFound, valid_name
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
@@ -53,8 +55,6 @@ _ERROR_KINDS = {
     500: ("server_error", "internal_error"),
     503: ("server_error", "service_unavailable"),
 }
-_DOMAIN_ERRORS = (InvalidRequest, NotFound, RequestTooLarge, QueueFull, EngineUnavailable, SynthesisFailed,
-                  Unauthenticated)
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
@@ -72,16 +72,12 @@ def failure_response(failure: Failure) -> JSONResponse:
 
 
 class HttpApi:
-    def __init__(self, engine: EngineClient, metrics: Metrics, model_names: tuple[str, ...],
-                 tokens: BearerTokens | None = None, voices=None):
-        """`voices`: the VoiceRegistry whose voices `voice` may name (None: speakers only)."""
+    def __init__(self, door: FrontDoor, model_names: tuple[str, ...], tokens: BearerTokens | None = None):
         if not model_names:
             raise ValueError("the HTTP API needs at least one served model name")
-        self._engine = engine
-        self._voices = voices
-        self._metrics = metrics
+        self._door = door
+        self._engine = door.engine
         self.model_names = model_names
-        self._accepting = True
         self._created = int(time.time())
         routes = [
             Route("/v1/audio/speech", self.speech, methods=["POST"]),
@@ -90,34 +86,26 @@ class HttpApi:
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
         ]
-        handlers = {kind: self._domain_error for kind in _DOMAIN_ERRORS}
+        handlers = {kind: self._domain_error for kind in DOMAIN_ERRORS}
         handlers[HTTPException] = self._http_error
         handlers[Exception] = self._unexpected_error
         app = Starlette(routes=routes, exception_handlers=handlers)
-        self.app: ASGIApp = _Gate(app, routes, metrics, tokens)
-
-    def stop_accepting(self) -> None:
-        """New speech requests get 503 and /ready says draining (the server is shutting down)."""
-        self._accepting = False
+        self.app: ASGIApp = _Gate(app, routes, door.metrics, tokens)
 
     # -- routes ---------------------------------------------------------------------------
     async def speech(self, request: Request) -> Response:
         arrival = time.monotonic()
-        body = await _read_json(request)
+        self._door.check_open()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        speech = parse_speech_request(body, models=self.model_names, request_id=request_id,
-                                      limits=self._engine.info().limits, voices_stored=self._voices is not None,
-                                      stored_voice=await self._stored_voice(voice_name(body)))
-        if not self._accepting:
-            raise EngineUnavailable("the server is shutting down: send the request to another replica")
+        body = await _read_body(request)
+        speech = await asyncio.to_thread(self._parse, body, request_id)  # the voice lookup reads files
         try:
-            stream = self._engine.submit(speech.params)
+            sub = self._door.submit(speech.params, speech.voice)
         except InvalidRequest as exc:
-            raise in_api_terms(exc, speech.voice) from None
+            raise in_api_terms(exc) from None
         encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
-        delivery = AudioDelivery(stream, encoder, self._metrics, request_id=request_id, sample_rate=SAMPLE_RATE,
-                                 arrival=arrival)
-        pieces = delivery.pieces()
+        delivery = self._door.deliver(sub, encoder, sample_rate=SAMPLE_RATE, arrival=arrival)
+        pieces = _api_terms(delivery.audio())
         # The status line waits for the first audio, so a failure before it is still an HTTP error.
         first = await anext(pieces, None)
         # x-accel-buffering: nginx (ingress-nginx included) passes the audio on as it comes.
@@ -128,15 +116,9 @@ class HttpApi:
         return StreamingResponse(_audio(first, pieces), media_type=speech.response_format.media_type,
                                  headers=headers)
 
-    async def _stored_voice(self, name: str | None) -> Voice | None:
-        """The stored voice `name` names, or None (no such voice: `voice` is then a speaker id or
-        an OpenAI name). A voice another codec made raises VoiceUnusable (400)."""
-        if self._voices is None or name is None or not valid_name(name):
-            return None
-        try:
-            return await asyncio.to_thread(self._voices.resolve, name)
-        except VoiceNotFound:
-            return None
+    def _parse(self, body: bytes, request_id: str) -> SpeechRequest:
+        return parse_speech_request(_json(body), models=self.model_names, request_id=request_id,
+                                    limits=self._door.limits, voices=self._door.voices)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})
@@ -151,7 +133,7 @@ class HttpApi:
         return JSONResponse({"status": "ok"})
 
     async def ready(self, request: Request) -> Response:
-        if not self._accepting:
+        if not self._door.accepting:
             return JSONResponse({"status": "draining"}, 503)
         if not self._engine.ready:
             return JSONResponse({"status": "warming up"}, 503)
@@ -177,7 +159,7 @@ class HttpApi:
         return JSONResponse(error_body(500, "internal error; the server log has the cause"), 500)
 
 
-async def _read_json(request: Request):
+async def _read_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
         raise RequestTooLarge(f"the request body is {declared} bytes; this server accepts at most {MAX_BODY_BYTES}")
@@ -186,10 +168,28 @@ async def _read_json(request: Request):
         body += part
         if len(body) > MAX_BODY_BYTES:
             raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+    return bytes(body)
+
+
+def _json(body: bytes):
     try:
         return json.loads(body)
+    except RecursionError:
+        raise InvalidRequest([Violation("body", f"nests arrays or objects deeper than this server reads "
+                                                f"(about {sys.getrecursionlimit()} levels)")]) from None
     except ValueError as exc:
         raise InvalidRequest([Violation("body", f"is not valid JSON: {exc}")]) from None
+
+
+async def _api_terms(pieces: AsyncIterator[Piece]) -> AsyncIterator[Piece]:
+    """The pieces; a request found invalid once decoded names this API's fields."""
+    try:
+        async for piece in pieces:
+            yield piece
+    except InvalidRequest as exc:
+        raise in_api_terms(exc) from None
+    finally:
+        await pieces.aclose()
 
 
 async def _audio(first: Piece | None, pieces: AsyncIterator[Piece]) -> AsyncIterator[bytes]:
@@ -212,15 +212,15 @@ async def _sse(first: Piece | None, pieces: AsyncIterator[Piece], delivery: Audi
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(first.data).decode()})
         async for piece in pieces:
             yield _event({"type": "speech.audio.delta", "audio": base64.b64encode(piece.data).decode()})
-    except _DOMAIN_ERRORS as exc:
+    except DOMAIN_ERRORS as exc:
         failure = describe(exc)
         yield _event({"type": "error", **error_body(failure.http_status, failure.message)})
         return
     finally:
         await pieces.aclose()
-    finished = delivery.finished
-    usage = {"input_tokens": finished.prompt_frames, "output_tokens": finished.frames,
-             "total_tokens": finished.prompt_frames + finished.frames}
+    result = delivery.result
+    usage = {"input_tokens": result.prompt_frames, "output_tokens": result.frames,
+             "total_tokens": result.prompt_frames + result.frames}
     yield _event({"type": "speech.audio.done", "usage": usage})
 
 

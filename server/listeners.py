@@ -4,6 +4,12 @@ The HTTP and metrics ports are bound here and the sockets handed to their server
 port is bound by gRPC itself, without SO_REUSEPORT (gRPC's default would let a second server
 share the port and silently take half the connections); it is tried here first so that a
 taken gRPC port also fails before the model loads.
+
+The HTTP API's connections get a fixed kernel send buffer (SEND_BUFFER_BYTES). Left to Linux's
+autotuning it grows to megabytes, tens of seconds of audio that a client which stopped reading
+never takes but the server has already given away; fixed, a stalled client's socket fills
+within a few seconds of audio, the response stops being read from its engine stream, and the
+engine pauses the request as it pauses a gRPC stream held back by HTTP/2 flow control.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import errno
 import socket
 from dataclasses import dataclass
 
+SEND_BUFFER_BYTES = 64 * 1024  # per HTTP connection (Linux doubles it); still MB/s at a 100 ms round trip
 # Flag (and environment variable) of each port, for messages that say what to change.
 FLAGS = {"port": "--port (CSM_PORT)", "http_port": "--http-port (CSM_HTTP_PORT)",
          "metrics_port": "--metrics-port (CSM_METRICS_PORT)"}
@@ -32,14 +39,17 @@ def port_error(name: str, host: str, port: int, cause: OSError) -> PortUnavailab
     return PortUnavailable(f"cannot listen on {host}:{port} for {flag}: {why}. Choose another {flag.split()[0]}{off}.")
 
 
-def bind(name: str, host: str, port: int) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: any free port), or PortUnavailable."""
+def bind(name: str, host: str, port: int, send_buffer: int | None = None) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: any free port), or PortUnavailable. Its
+    accepted connections inherit `send_buffer` (bytes; None: the kernel's autotuning)."""
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
         sock = socket.create_server((host, port), family=family, reuse_port=False,
                                     dualstack_ipv6=family == socket.AF_INET6 and host in ("::", ""))
     except OSError as exc:
         raise port_error(name, host, port, exc) from exc
+    if send_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     sock.setblocking(False)
     return sock
 
@@ -63,7 +73,7 @@ class Listeners:
         listeners = cls()
         try:
             if http_port is not None:
-                listeners.http = bind("http_port", host, http_port)
+                listeners.http = bind("http_port", host, http_port, SEND_BUFFER_BYTES)
             if metrics_port is not None:
                 listeners.metrics = bind("metrics_port", host, metrics_port)
         except PortUnavailable:

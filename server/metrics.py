@@ -3,8 +3,8 @@
 Each server has its own registry (tests run several servers in one process). Every csm:
 series carries the `model_name` label (the served model name, as vLLM's do). Load gauges are
 read from the engine when scraped; step and frame counters come from the engine's step
-observer; latency histograms and finish reasons come from server/delivery.py, which sees
-every request end on either transport (a caller that goes away counts as cancelled); calls
+observer; latency histograms and finish reasons come from server/front/delivery.py, which sees
+every response end on every transport (a caller that goes away counts as cancelled); calls
 are counted per transport: gRPC by method and status code, HTTP by route and status.
 The process_* series (CPU, memory, file descriptors) come from prometheus_client.
 """
@@ -27,7 +27,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from csm_core.constants import FRAME_MS
-from server.engine.types import EngineStats, Finished, FinishReason, StepStats
+from server.engine.types import EngineStats, FinishReason, StepStats
+from server.front.engine_client import Summary
 
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 _REQUEST_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0)
@@ -108,15 +109,15 @@ class Metrics:
     def observe_finished(self, reason: FinishReason) -> None:
         self._request_success.labels(**self._model, finished_reason=reason.value).inc()
 
-    def observe_request(self, finished: Finished, e2e_s: float, audio_s: float) -> None:
-        """A request that the engine finished (any reason), once its last byte has left."""
-        self.observe_finished(finished.reason)
-        self.queue_time.observe(finished.queue_s)
-        self.e2e_latency.observe(e2e_s)
-        if audio_s > 0:
-            self.real_time_factor.observe(e2e_s / audio_s)
-        self.prompt_positions.observe(finished.prompt_frames)
-        self.prompt_positions_total.inc(finished.prompt_frames)
+    def observe_request(self, summary: Summary) -> None:
+        """A response that ended (any reason) once its last byte has left (server/front/delivery.py)."""
+        self.observe_finished(summary.reason)
+        self.queue_time.observe(summary.queue_s)
+        self.e2e_latency.observe(summary.total_s)
+        if summary.audio_s > 0:
+            self.real_time_factor.observe(summary.total_s / summary.audio_s)
+        self.prompt_positions.observe(summary.prompt_frames)
+        self.prompt_positions_total.inc(summary.prompt_frames)
 
     def observe_rpc(self, method: str, code: grpc.StatusCode) -> None:
         self._grpc_requests.labels(**self._model, method=method, code=code.name).inc()

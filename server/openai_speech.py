@@ -18,6 +18,7 @@ from server.audio_encoding import OutputEncoding
 from server.engine import rules
 from server.engine.types import EngineLimits, InvalidRequest, SynthesisParams, Violation
 from server.errors import NotFound
+from server.front.voices import VoiceChoice, VoiceLookup
 from server.tempo import MAX_SPEED, MIN_SPEED
 from server.voices.synthesis import blame_request_fields, with_voice
 from server.voices.types import Voice
@@ -43,34 +44,10 @@ STREAM_FORMATS = ("audio", "sse")
 # OpenAI's model names for speech: accepted (and listed) by default, so clients that hard-code
 # one work unchanged. --served-model-name replaces the whole list.
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
-# OpenAI's built-in voices. CSM has no fixed voices: a speaker id is a role in the conversation
-# and the voice comes from the context and the seed. These names speak as speaker 0 (unless a
-# voice is stored under the name), so that clients that default to one of them work unchanged.
-OPENAI_VOICES = ("alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage",
-                 "shimmer", "verse")
 # Engine field paths (shared with csm.v1) as this API names them.
 ENGINE_FIELDS = {"text": "input", "speaker": "voice", "sampling.temperature": "temperature",
                  "sampling.top_k": "top_k", "sampling.seed": "seed", "max_audio_ms": "max_audio_ms",
                  "request_id": "x-request-id"}
-
-
-def resolve_voice(voice: str, max_speaker_id: int) -> int | None:
-    """The speaker a `voice` that names no stored voice speaks as: "0".."max_speaker_id", or one
-    of OPENAI_VOICES (speaker 0). None when the name is unknown."""
-    if voice.isdecimal() and int(voice) <= max_speaker_id:
-        return int(voice)
-    if voice.lower() in OPENAI_VOICES:
-        return 0
-    return None
-
-
-def voice_name(body: Any) -> str | None:
-    """The name the request's `voice` gives (a string, or an object's `id`), if any: what the
-    caller looks up among the stored voices before parsing the request."""
-    voice = body.get("voice") if isinstance(body, dict) else None
-    if isinstance(voice, dict):
-        voice = voice.get("id")
-    return voice if isinstance(voice, str) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,19 +56,18 @@ class SpeechRequest:
     response_format: ResponseFormat
     speed: float
     stream_format: str  # "audio" or "sse"
-    voice: Voice | None = None  # the stored voice it speaks with
+    voice: Voice | None = None  # the stored voice it speaks with (its segments are not in params yet)
 
 
 def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits, request_id: str,
-                         stored_voice: Voice | None = None, voices_stored: bool = False) -> SpeechRequest:
+                         voices: VoiceLookup) -> SpeechRequest:
     """Raises NotFound for a model this server does not serve, InvalidRequest listing every
     other problem at once: this API's own fields, and the engine's rules (text length,
     sampling ranges, max_audio_ms: server/engine/rules.py) named as this API names them.
 
-    `stored_voice`: the stored voice `voice` names (looked up by the caller, voice_name), which
-    wins over a speaker id or an OpenAI name: its segments open the context and it speaks as
-    its last segment's speaker. `voices_stored`: the server stores voices (for the message)."""
-    max_speaker_id = limits.max_speaker_id
+    `voice` is looked up once, by the front door's `voices.choose` (a stored voice first, then a
+    speaker id or an OpenAI name): a stored voice's segments open the context and it speaks as
+    its last segment's speaker. Blocks on the voices directory: call it off the event loop."""
     if not isinstance(body, dict):
         raise InvalidRequest([Violation("body", "must be a JSON object")])
     violations: list[Violation] = []
@@ -126,21 +102,17 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
         raise NotFound(f"the model `{model}` does not exist on this server; it serves {', '.join(models)}")
     if text is not None and not text.strip():
         violations.append(Violation("input", "must not be empty"))
-    speaker = 0
+    choice = VoiceChoice(0)
+    voice_field = "voice"
     if isinstance(voice, dict):
-        voice = voice.get("id")
+        voice, voice_field = voice.get("id"), "voice.id"
         if not isinstance(voice, str):
-            violations.append(Violation("voice.id", "must be a string"))
-    if stored_voice is not None:
-        speaker = stored_voice.segments[-1].speaker
-    elif isinstance(voice, str):
-        resolved = resolve_voice(voice, max_speaker_id)
-        if resolved is None:
-            stored = "the name of a stored voice, " if voices_stored else ""
-            violations.append(Violation("voice", f"unknown voice {voice!r}: use {stored}a speaker id "
-                                                 f"0..{max_speaker_id} or one of {', '.join(OPENAI_VOICES)} (speaker 0)"))
-        else:
-            speaker = resolved
+            violations.append(Violation(voice_field, "must be a string"))
+    if isinstance(voice, str):
+        try:
+            choice = voices.choose(voice, voice_field)
+        except InvalidRequest as exc:
+            violations += exc.violations
     if response_format not in RESPONSE_FORMATS:
         violations.append(Violation("response_format", f"{response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}"))
     if not (MIN_SPEED <= speed <= MAX_SPEED) or math.isnan(speed):
@@ -153,17 +125,16 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
         violations.append(Violation("max_audio_ms", "must be positive"))
 
     encoding = RESPONSE_FORMATS.get(response_format, RESPONSE_FORMATS[DEFAULT_RESPONSE_FORMAT]).encoding
-    params = SynthesisParams(text=text or "", speaker=speaker, temperature=float(temperature), top_k=top_k, seed=seed,
+    params = SynthesisParams(text=text or "", speaker=choice.speaker, temperature=float(temperature), top_k=top_k, seed=seed,
                              max_audio_ms=max_audio_ms if max_audio_ms and max_audio_ms > 0 else None,
                              output_encoding=encoding.value, output_sample_rate=SAMPLE_RATE, request_id=request_id)
-    if stored_voice is not None:
-        params = with_voice(params, stored_voice)
     named = {v.field for v in violations}
-    violations += [v for v in in_api_terms(InvalidRequest(rules.check(params, limits)), stored_voice).violations
+    checked = with_voice(params, choice.voice) if choice.voice is not None else params
+    violations += [v for v in in_api_terms(InvalidRequest(rules.check(checked, limits)), choice.voice).violations
                    if v.field not in named]
     if violations:
         raise InvalidRequest(violations)
-    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format, stored_voice)
+    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format, choice.voice)
 
 
 def in_api_terms(exc: InvalidRequest, voice: Voice | None = None) -> InvalidRequest:

@@ -1,4 +1,4 @@
-"""csm.v1 messages -> the engine's request type. Torch-free, and cheap: no decoding, no checks.
+"""csm.v1 messages <-> the front door's types. Torch-free, and cheap: no decoding, no checks.
 
 Every rule a request must keep is in server/engine/rules.py, applied by `Engine.submit`; this
 module only translates. Enum values this server does not know are passed on as their numbers,
@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
 from csm_wire import speech_pb2 as pb
-from server.engine.types import ContextSegment, EncodedAudio, OutputEncoding, SynthesisParams
+from server.engine.types import ContextSegment, EncodedAudio, FinishReason, OutputEncoding, SynthesisParams
+from server.front.engine_client import Summary
 
 OUTPUT_ENCODINGS = {
     pb.AUDIO_ENCODING_UNSPECIFIED: OutputEncoding.PCM_S16LE,
@@ -17,6 +18,12 @@ OUTPUT_ENCODINGS = {
     pb.AUDIO_ENCODING_PCM_F32LE: OutputEncoding.PCM_F32LE,
     pb.AUDIO_ENCODING_WAV: OutputEncoding.WAV,
     pb.AUDIO_ENCODING_OGG_OPUS: OutputEncoding.OGG_OPUS,
+}
+FINISH_REASONS = {
+    FinishReason.EOS: pb.FINISH_REASON_EOS,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
+    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
 }
 # What csm_core.audio_io.decode_audio calls each input encoding.
 INPUT_ENCODINGS = {
@@ -52,3 +59,21 @@ def _segment(segment: pb.Segment) -> ContextSegment:
 
 def encoded_audio(audio: pb.AudioInput) -> EncodedAudio:
     return EncodedAudio(audio.data, INPUT_ENCODINGS.get(audio.encoding, str(audio.encoding)), audio.sample_rate)
+
+
+def synthesis_result(summary: Summary) -> pb.SynthesisResult:
+    """The last message of a Synthesize stream and of a Converse speak turn."""
+    ms_per_sample = 1000.0 / summary.sample_rate
+    return pb.SynthesisResult(
+        request_id=summary.request_id,
+        finish_reason=FINISH_REASONS[summary.reason],
+        frames=summary.frames,
+        audio_samples=summary.audio_samples,
+        audio_ms=summary.audio_samples * ms_per_sample,
+        sample_rate=summary.sample_rate,
+        queue_ms=summary.queue_s * 1000.0,
+        time_to_first_audio_ms=(summary.first_audio_s or 0.0) * 1000.0,
+        total_ms=summary.total_s * 1000.0,
+        watermarked=summary.watermarked,
+        prompt_frames=summary.prompt_frames,
+    )

@@ -1,20 +1,18 @@
-"""csm.v1.Speech: protobuf in, engine events out as protobuf. Thin and torch-free.
+"""csm.v1.Speech: protobuf in, the front door's events out as protobuf. Thin and torch-free.
 
-Errors are raised as domain exceptions and mapped to statuses by server.errors. The audio
-itself leaves through server/delivery.py, as it does over HTTP. A call that ends early
-(client cancelled, deadline passed, server stopping the call) cancels its engine request,
-which frees the slot within one engine step. A request naming a voice gets the voice's stored
-codes at the start of its context (server/voices/synthesis.py).
+Requests go through the front door (server/front/door.py) like every other transport's: the
+same drain switch, voice lookup, submission and delivery; errors are raised as domain
+exceptions and mapped to statuses by server/errors.py. A call that ends early (client
+cancelled, deadline passed, server stopping the call) cancels its engine request, which frees
+the slot within one engine step. Converse is its own front end (server/converse/call.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Protocol
 
 import grpc
 
@@ -22,49 +20,21 @@ from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc, wav
 from server.audio_encoding import make_encoder
 from server.chunks import Chunker
-from server.delivery import AudioDelivery
-from server.engine.conversation import Conversation
-from server.engine.stream import RequestStream
-from server.engine.types import (
-    EngineInfo, EngineStats, EngineUnavailable, FinishReason, InvalidRequest, OutputEncoding, SynthesisParams,
-)
-from server.metrics import Metrics
-from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params
-from server.voices.registry import VoiceRegistry
-from server.voices.synthesis import blame_request_fields, with_voice
-from server.voices.types import Voice, VoiceNotFound
-
-FINISH_REASONS = {
-    FinishReason.EOS: pb.FINISH_REASON_EOS,
-    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
-    FinishReason.CANCELLED: pb.FINISH_REASON_CANCELLED,
-    FinishReason.ERROR: pb.FINISH_REASON_ERROR,
-}
+from server.engine.types import OutputEncoding
+from server.front.door import FrontDoor
+from server.proto_convert import OUTPUT_ENCODINGS, synthesis_params, synthesis_result
 
 
-class EngineClient(Protocol):
-    """What the servicer needs from server.engine.engine.Engine."""
-
-    @property
-    def ready(self) -> bool: ...
-    def submit(self, params: SynthesisParams) -> RequestStream: ...
-    def open_conversation(self, label: str) -> Conversation: ...
-    def info(self) -> EngineInfo: ...
-    def stats(self) -> EngineStats: ...
+# One Converse call: (the client's messages, the call's context) -> the server's messages.
+ConverseHandler = Callable[[AsyncIterator[pb.ConverseRequest], grpc.aio.ServicerContext],
+                           AsyncIterator[pb.ConverseResponse]]
 
 
 class SpeechServicer(speech_pb2_grpc.SpeechServicer):
-    def __init__(self, engine: EngineClient, metrics: Metrics, voices: VoiceRegistry | None = None):
-        self._engine = engine
-        self._metrics = metrics
-        self._voices = voices
-        self._accepting = True
-        self._draining = asyncio.Event()  # conversations end between turns once it is set
-
-    def stop_accepting(self) -> None:
-        """New calls get UNAVAILABLE from now on (the server is draining)."""
-        self._accepting = False
-        self._draining.set()
+    def __init__(self, door: FrontDoor, converse: ConverseHandler):
+        """`converse`: the Converse front end (server/converse/call.py), wired in by server/app.py."""
+        self._door = door
+        self._converse = converse
 
     async def Synthesize(self, request, context) -> AsyncIterator[pb.SynthesizeResponse]:
         async for item in self._synthesize(request, context):
@@ -87,17 +57,11 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         return pb.SynthesizeUnaryResponse(audio=audio, result=result)
 
     async def Converse(self, request_iterator, context) -> AsyncIterator[pb.ConverseResponse]:
-        """A conversation: server/converse/call.py (imported here: it shares this module's helpers)."""
-        from server.converse.call import ConverseCall
-
-        if not self._accepting:
-            raise EngineUnavailable("the server is shutting down: open the conversation on another replica")
-        async for response in ConverseCall(self._engine, self._voices, self._metrics, self._draining).run(
-                request_iterator, context):
+        async for response in self._converse(request_iterator, context):
             yield response
 
     async def GetModelInfo(self, request, context) -> pb.ModelInfo:
-        info, stats = self._engine.info(), self._engine.stats()
+        info, stats = self._door.engine.info(), self._door.engine.stats()
         limits = info.limits
         return pb.ModelInfo(
             model_source=info.model_source,
@@ -127,49 +91,20 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
             output_encodings=sorted(set(OUTPUT_ENCODINGS) - {pb.AUDIO_ENCODING_UNSPECIFIED}),
         )
 
-    async def _submit(self, params: SynthesisParams, voice_name: str) -> tuple[RequestStream, Voice | None]:
-        """engine.submit, with the named voice's segments first in the context."""
-        if not voice_name:
-            return self._engine.submit(params), None
-        if self._voices is None:
-            raise VoiceNotFound(f"there is no voice {voice_name!r}: this server stores no voices")
-        voice = await asyncio.to_thread(self._voices.resolve, voice_name)
-        try:
-            return self._engine.submit(with_voice(params, voice)), voice
-        except InvalidRequest as exc:
-            raise blame_request_fields(exc, voice) from None
-
     async def _synthesize(self, request: pb.SynthesizeRequest, context: grpc.aio.ServicerContext):
         """Yields AudioChunk messages, then one SynthesisResult."""
         arrival = time.monotonic()
-        if not self._accepting:
-            raise EngineUnavailable("the server is shutting down: send the request to another replica")
+        self._door.check_open()
         params = synthesis_params(request)
-        label = params.request_id or uuid.uuid4().hex
-        params = replace(params, request_id=label)
-        stream, voice = await self._submit(params, request.voice)  # every rule checked; decoding happens on the prep thread
-        encoder = make_encoder(OutputEncoding(params.output_encoding), params.output_sample_rate)
+        params = replace(params, request_id=params.request_id or uuid.uuid4().hex)
+        voice = await self._door.stored_voice(request.voice)
+        sub = self._door.submit(params, voice)  # every rule checked; decoding happens on the prep thread
         rate = params.output_sample_rate
-        delivery = AudioDelivery(stream, encoder, self._metrics, request_id=label, sample_rate=rate, arrival=arrival)
+        delivery = self._door.deliver(sub, make_encoder(OutputEncoding(params.output_encoding), rate),
+                                      sample_rate=rate, arrival=arrival)
         # Runs when the call ends for any reason, even if this generator is never resumed.
         context.add_done_callback(lambda _context: delivery.cancel())
         chunks = Chunker(rate)
-        try:
-            async for piece in delivery.pieces():
-                yield chunks.add(piece.data, piece.samples)
-        except InvalidRequest as invalid:  # found once decoded: name the request's own fields
-            raise invalid if voice is None else blame_request_fields(invalid, voice) from None
-        finished = delivery.finished
-        yield pb.SynthesisResult(
-            request_id=label,
-            finish_reason=FINISH_REASONS[finished.reason],
-            frames=finished.frames,
-            audio_samples=delivery.total_samples,
-            audio_ms=delivery.total_samples * 1000.0 / rate,
-            sample_rate=rate,
-            queue_ms=finished.queue_s * 1000.0,
-            time_to_first_audio_ms=(delivery.first_audio_s or 0.0) * 1000.0,
-            total_ms=(time.monotonic() - arrival) * 1000.0,
-            watermarked=finished.watermarked,
-            prompt_frames=finished.prompt_frames,
-        )
+        async for piece in delivery.audio():
+            yield chunks.add(piece.data, piece.samples)
+        yield synthesis_result(delivery.result)

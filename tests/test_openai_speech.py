@@ -7,18 +7,20 @@ import pytest
 from server.audio_encoding import OutputEncoding
 from server.engine.types import EngineLimits, InvalidRequest, Violation
 from server.errors import NotFound
-from server.openai_speech import OPENAI_VOICES, in_api_terms, parse_speech_request, resolve_voice
+from server.front.voices import OPENAI_VOICES, VoiceLookup
+from server.openai_speech import in_api_terms, parse_speech_request
 
 MODELS = ("csm-1b", "tts-1")
 LIMITS = EngineLimits(max_slots=4, max_queue=8, max_seq_len=512, max_text_chars=100, max_context_segments=2,
                       max_speaker_id=3, max_audio_ms=10_000, default_max_audio_ms=4_000, max_context_audio_s=5.0,
                       max_request_id_chars=16)
 ONE_SPEAKER = replace(LIMITS, max_speaker_id=1)
+SPEAKERS = VoiceLookup(None, LIMITS.max_speaker_id)  # no stored voices: speaker ids and OpenAI's names
 
 
 def parse(**body):
     return parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0", **body}, models=MODELS,
-                                limits=LIMITS, request_id="r1")
+                                limits=LIMITS, request_id="r1", voices=SPEAKERS)
 
 
 def test_defaults_are_openais():
@@ -29,8 +31,16 @@ def test_defaults_are_openais():
     assert request.params.output_sample_rate == 24_000
 
 
+def speaker_of(name: str) -> int | None:
+    try:
+        return SPEAKERS.choose(name).speaker
+    except InvalidRequest:
+        return None
+
+
 def test_voices_resolve_to_speakers():
-    assert [resolve_voice(v, 3) for v in ("0", "3", "4", "alloy", "Nova", "x", "-1")] == [0, 3, None, 0, 0, None, None]
+    names = ("0", "3", "4", "alloy", "Nova", "x", "-1", "\u0663", "\uff11", "00")
+    assert [speaker_of(v) for v in names] == [0, 3, None, 0, 0, None, None, None, None, 0]  # ASCII digits only
     assert set(OPENAI_VOICES) >= {"alloy", "echo", "shimmer"}
     assert parse(voice={"id": "2"}).params.speaker == 2
 
@@ -47,7 +57,8 @@ def test_extra_fields_reach_the_engine_and_unknown_ones_are_ignored():
 def test_every_violation_is_listed_once():
     with pytest.raises(InvalidRequest) as refused:
         parse_speech_request({"model": "tts-1", "voice": True, "speed": "fast", "response_format": "ogg",
-                              "seed": -1, "max_audio_ms": 0}, models=MODELS, limits=ONE_SPEAKER, request_id="r")
+                              "seed": -1, "max_audio_ms": 0}, models=MODELS, limits=ONE_SPEAKER, request_id="r",
+                             voices=SPEAKERS)
     fields = [v.field for v in refused.value.violations]
     assert fields == ["input", "voice", "speed", "response_format", "seed", "max_audio_ms"]
 
@@ -62,7 +73,7 @@ def test_unknown_model_is_not_found_and_a_non_object_body_is_invalid():
     with pytest.raises(NotFound, match="gpt-9"):
         parse(model="gpt-9")
     with pytest.raises(InvalidRequest, match="JSON object"):
-        parse_speech_request([1], models=MODELS, limits=ONE_SPEAKER, request_id="r")
+        parse_speech_request([1], models=MODELS, limits=ONE_SPEAKER, request_id="r", voices=SPEAKERS)
 
 
 def test_the_engines_rules_come_back_with_this_apis_own_violations():
@@ -73,7 +84,7 @@ def test_the_engines_rules_come_back_with_this_apis_own_violations():
     assert "at most 100" in fields["input"]
     with pytest.raises(InvalidRequest, match="x-request-id"):
         parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0"}, models=MODELS, limits=LIMITS,
-                             request_id="r" * 17)
+                             request_id="r" * 17, voices=SPEAKERS)
 
 
 def test_engine_field_paths_are_renamed_for_this_api():

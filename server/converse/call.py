@@ -7,12 +7,19 @@ order on one engine Conversation (server/engine/conversation.py). Torch-free.
     turn loop   runs the queued turns one at a time, as the engine applies them: a context
                 turn, or a speak turn piece by piece as its text completes (one audio stream
                 per turn, one result, one context update)
-    run()       yields what both put in the outbox; what ends the whole conversation is raised
-                and mapped to a status by server/errors.py
+    run()       yields what the turn loop puts in the outbox; what ends the whole conversation
+                is raised and mapped to a status by server/errors.py
+
+A speak turn's audio leaves through the front door's delivery (server/front/delivery.py), as a
+Synthesize stream's does. The outbox holds a few messages: a client that stops reading stops
+the turn loop, so its stream's unread audio grows and the engine pauses it, the same bound as
+Synthesize; at most MAX_QUEUED_TURNS turns wait, after which the next message is read once one
+has started (gRPC's flow control then holds the client's sends).
 
 The conversation ends with its call: the client half-closing (after every turn it sent), the
 client going away (at once: the engine frees the slot within one step), its lifetime passing,
-the server draining (between turns), or an error of the whole call.
+the server draining (between turns), or an error of the whole call. A turn that is wrong
+gets its own error (ConverseResponse.error) and the conversation goes on.
 """
 
 from __future__ import annotations
@@ -27,26 +34,27 @@ from dataclasses import dataclass, field, replace
 
 from csm_wire import speech_pb2 as pb
 from server.audio_encoding import make_encoder
+from server.chunks import Chunker
 from server.converse import turns
 from server.converse.sentences import SentenceSplitter
-from server.engine.conversation import Conversation
 from server.engine.stream import RequestStream
 from server.engine.types import (
     ContextSegment, EngineUnavailable, Finished, FinishReason, InvalidRequest, OutputEncoding, SynthesisParams,
     Violation,
 )
 from server.errors import ConversationExpired, SynthesisFailed, status_proto
-from server.metrics import Metrics
-from server.chunks import Chunker
-from server.servicer import FINISH_REASONS, EngineClient
-from server.voices.registry import VoiceRegistry
+from server.front.delivery import AudioDelivery
+from server.front.door import FrontDoor
+from server.front.engine_client import Summary, failure
+from server.proto_convert import synthesis_result
 from server.voices.synthesis import voice_context
-from server.voices.types import VoiceNotFound
 
 log = logging.getLogger(__name__)
 
 _END = object()  # the outbox's last item: the call ends with OK
 _SEED_SPACE = 2**64
+MAX_QUEUED_TURNS = 8  # turns sent and not started; past it the next message waits to be read
+OUTBOX_MESSAGES = 4  # responses made and not yet taken by the transport
 
 
 @dataclass(eq=False)
@@ -72,7 +80,7 @@ class _SpeakTurn:
     def add_text(self, text: str, flush: bool, end: bool, limits) -> None:
         if end:
             self.text_open = False
-        if self.error is not None or self.cancelled or self.interrupt is not None:
+        if self.error is not None or self.stopped:
             return  # absorbed: the turn is over
         self.chars += len(text)
         violation = turns.check_text(self.chars, limits)
@@ -90,22 +98,29 @@ class _SpeakTurn:
             self.pieces.put_nowait(None)
 
     def close_text(self) -> None:
+        """No more text will come: what arrived of an unfinished sentence is the turn's last piece."""
         if self.text_open:
             self.text_open = False
+            rest = self.splitter.flush() if self.error is None and not self.stopped else None
+            if rest is not None:
+                self.pieces.put_nowait(rest)
             self.pieces.put_nowait(None)
+
+    @property
+    def stopped(self) -> bool:
+        return self.cancelled or self.interrupt is not None
 
 
 class ConverseCall:
-    def __init__(self, engine: EngineClient, voices: VoiceRegistry | None, metrics: Metrics, draining: asyncio.Event):
-        self._engine = engine
-        self._voices = voices
-        self._metrics = metrics
-        self._draining = draining
-        self._limits = engine.info().limits
-        self._conv: Conversation | None = None
-        self._outbox: asyncio.Queue = asyncio.Queue()
+    def __init__(self, door: FrontDoor):
+        self._door = door
+        self._limits = door.limits
+        self._conv = None  # the engine's Conversation, once opened
+        self._outbox: asyncio.Queue = asyncio.Queue(OUTBOX_MESSAGES)  # responses in order, then _END
+        self._abort: asyncio.Future | None = None  # an exception that ends the whole call
         self._turns: deque[_ContextTurn | _SpeakTurn] = deque()
         self._turn_added = asyncio.Event()
+        self._turn_started = asyncio.Event()
         self._open: deque[_SpeakTurn] = deque()  # speak turns whose text is still arriving, in order
         self._active: _SpeakTurn | None = None
         self._ids: set[str] = set()
@@ -114,17 +129,15 @@ class ConverseCall:
 
     # -- the call ----------------------------------------------------------------------
     async def run(self, requests: AsyncIterator[pb.ConverseRequest], context) -> AsyncIterator[pb.ConverseResponse]:
+        self._door.check_open("open the conversation")
         requests = aiter(requests)
         config = await self._config(requests)
         self._defaults = turns.defaults(config)
-        voice = None
-        if config.voice:
-            if self._voices is None:
-                raise VoiceNotFound(f"there is no voice {config.voice!r}: this server stores no voices")
-            voice = await asyncio.to_thread(self._voices.resolve, config.voice)
+        voice = await self._door.stored_voice(config.voice)
         label = config.conversation_id or uuid.uuid4().hex
-        self._conv = conv = self._engine.open_conversation(label)
+        self._conv = conv = self._door.open_conversation(label)
         context.add_done_callback(lambda _context: conv.close())  # the client went away: free the slot now
+        self._abort = asyncio.get_running_loop().create_future()
         tasks: list[asyncio.Task] = []
         lifetime = self._limits.conversation_max_lifetime_s
         timer = None
@@ -142,10 +155,10 @@ class ConverseCall:
             tasks = [asyncio.create_task(self._guard(self._read(requests))),
                      asyncio.create_task(self._guard(self._run_turns()))]
             if lifetime > 0:
-                timer = asyncio.get_running_loop().call_later(lifetime, self._outbox.put_nowait, ConversationExpired(
+                timer = asyncio.get_running_loop().call_later(lifetime, self._fail, ConversationExpired(
                     f"conversation {label!r} reached the server's lifetime limit of {lifetime:g} s: open a new one"))
             while True:
-                item = await self._outbox.get()
+                item = await self._next()
                 if item is _END:
                     return
                 if isinstance(item, BaseException):
@@ -157,6 +170,25 @@ class ConverseCall:
             for task in tasks:
                 task.cancel()
             conv.close()
+
+    async def _next(self):
+        """The next response, or what ends the call once every response made before it has left."""
+        if not self._outbox.empty():
+            return self._outbox.get_nowait()
+        if self._abort.done():
+            return self._abort.result()
+        get = asyncio.ensure_future(self._outbox.get())
+        try:
+            await asyncio.wait({get, self._abort}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            get.cancel()
+        if get.done() and not get.cancelled():
+            return get.result()
+        return self._abort.result()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._abort.done():
+            self._abort.set_result(exc)
 
     async def _config(self, requests: AsyncIterator[pb.ConverseRequest]) -> pb.ConversationConfig:
         first = await anext(requests, None)
@@ -174,22 +206,23 @@ class ConverseCall:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self._outbox.put_nowait(exc)
+            self._fail(exc)
 
-    def _emit(self, turn_id: str, **kind) -> None:
-        self._outbox.put_nowait(pb.ConverseResponse(turn_id=turn_id, **kind))
+    async def _emit(self, turn_id: str, **kind) -> None:
+        """Waits while the outbox is full: the client is not reading."""
+        await self._outbox.put(pb.ConverseResponse(turn_id=turn_id, **kind))
 
-    def _error(self, turn_id: str, exc: Exception) -> None:
-        self._emit(turn_id, error=status_proto(exc))
+    async def _error(self, turn_id: str, exc: Exception) -> None:
+        await self._emit(turn_id, error=status_proto(exc))
 
     # -- reader ------------------------------------------------------------------------
     async def _read(self, requests: AsyncIterator[pb.ConverseRequest]) -> None:
         async for msg in requests:
             kind = msg.WhichOneof("kind")
             if kind == "context":
-                self._queue(self._context_turn(msg.context))
+                await self._queue(self._context_turn(msg.context))
             elif kind == "speak":
-                self._queue(self._speak_turn(msg.speak))
+                await self._queue(self._speak_turn(msg.speak))
             elif kind == "text":
                 self._text(msg.text)
             elif kind == "interrupt":
@@ -233,9 +266,12 @@ class ConverseCall:
             turn.pieces.put_nowait(None)
         return turn
 
-    def _queue(self, turn: _ContextTurn | _SpeakTurn) -> None:
+    async def _queue(self, turn: _ContextTurn | _SpeakTurn) -> None:
         self._turns.append(turn)
         self._turn_added.set()
+        while len(self._turns) > MAX_QUEUED_TURNS:  # read on once one has started
+            self._turn_started.clear()
+            await self._turn_started.wait()
 
     def _text(self, msg: pb.TextInput) -> None:
         if not self._open:
@@ -263,16 +299,16 @@ class ConverseCall:
         while True:
             if not self._turns:
                 if self._half_closed:
-                    self._outbox.put_nowait(_END)
+                    await self._outbox.put(_END)
                     return
-                if self._draining.is_set():
-                    self._outbox.put_nowait(EngineUnavailable(
-                        "the server is draining: continue on another replica (a new conversation, with the context "
-                        "you keep)"))
+                if self._door.draining.is_set():
+                    self._fail(EngineUnavailable("the server is draining: continue on another replica (a new "
+                                                 "conversation, with the context you keep)"))
                     return
                 await self._next_turn()
                 continue
             turn = self._turns.popleft()
+            self._turn_started.set()
             if isinstance(turn, _ContextTurn):
                 await self._run_context(turn)
             else:
@@ -281,7 +317,7 @@ class ConverseCall:
     async def _next_turn(self) -> None:
         self._turn_added.clear()
         added = asyncio.ensure_future(self._turn_added.wait())
-        draining = asyncio.ensure_future(self._draining.wait())
+        draining = asyncio.ensure_future(self._door.draining.wait())
         try:
             await asyncio.wait({added, draining}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -290,27 +326,28 @@ class ConverseCall:
 
     async def _run_context(self, turn: _ContextTurn) -> None:
         if turn.error is not None:
-            self._error(turn.turn_id, turn.error)
+            await self._error(turn.turn_id, turn.error)
             return
         try:
             stream = self._conv.add_context(turn.turn_id, (turn.segment,))
         except InvalidRequest as exc:
-            self._error(turn.turn_id, InvalidRequest(turns.segment_fields(exc.violations)))
+            await self._error(turn.turn_id, InvalidRequest(turns.segment_fields(exc.violations)))
             return
         fin = await _finished(stream)
         if fin.reason is FinishReason.INVALID:
-            self._error(turn.turn_id, InvalidRequest(turns.segment_fields(fin.violations)))
+            await self._error(turn.turn_id, InvalidRequest(turns.segment_fields(fin.violations)))
         elif fin.reason is not FinishReason.EOS:
-            self._error(turn.turn_id, SynthesisFailed(f"the context turn failed inside the server: {_why(fin)}"))
+            await self._error(turn.turn_id, SynthesisFailed(f"the context turn failed inside the server: {_why(fin)}"))
         else:
-            self._emit(turn.turn_id, context=_update(fin.context, fin.context.dropped))
+            await self._emit(turn.turn_id, context=_update(fin.context, fin.context.dropped))
 
     async def _run_speak(self, turn: _SpeakTurn) -> None:
-        if turn.cancelled:
-            self._result(turn, FinishReason.CANCELLED, None, _Audio(turn.params, turn.arrival))
+        if turn.error is not None:  # a wrong turn reports its error, interrupted or not
+            await self._error(turn.turn_id, turn.error)
             return
-        if turn.error is not None:
-            self._error(turn.turn_id, turn.error)
+        if turn.cancelled:
+            self._door.metrics.observe_finished(FinishReason.CANCELLED)
+            await self._emit(turn.turn_id, result=synthesis_result(_not_started(turn)))
             return
         self._active = turn
         try:
@@ -319,11 +356,15 @@ class ConverseCall:
             self._active = None
 
     async def _speak(self, turn: _SpeakTurn) -> None:
-        audio = _Audio(turn.params, turn.arrival)
+        rate = turn.params.output_sample_rate
+        encoder = make_encoder(OutputEncoding(turn.params.output_encoding), rate)
+        delivery = AudioDelivery(encoder, self._door.metrics, request_id=turn.turn_id, sample_rate=rate,
+                                 arrival=turn.arrival)
+        chunks = Chunker(rate)  # one numbering over the turn's pieces
         reason, pieces, dropped, context = FinishReason.EOS, 0, [], None
-        while turn.interrupt is None and turn.error is None:
+        while not turn.stopped and turn.error is None:
             text = await turn.pieces.get()
-            if text is None or turn.interrupt is not None or turn.error is not None:
+            if text is None or turn.stopped or turn.error is not None:
                 break
             seed = turn.params.seed
             params = replace(turn.params, text=text, seed=None if seed is None else (seed + pieces) % _SEED_SPACE)
@@ -332,89 +373,45 @@ class ConverseCall:
             except InvalidRequest as exc:
                 turn.error = exc
                 break
-            fin = None
-            async for event in stream:
-                if isinstance(event, Finished):
-                    fin = event
-                elif turn.interrupt is None:  # audio after an interrupt is not sent
-                    for chunk in audio.add(event.pcm):
-                        self._emit(turn.turn_id, audio=chunk)
+            async for piece in delivery.pieces(stream):
+                if turn.interrupt is None:  # audio after an interrupt is not sent
+                    await self._emit(turn.turn_id, audio=chunks.add(piece.data, piece.samples))
+            fin = delivery.finished
             pieces += 1
-            audio.finished(fin)
             if fin.context is not None:
                 context = fin.context
                 dropped += fin.context.dropped
             if fin.reason is FinishReason.LENGTH:
                 reason = FinishReason.LENGTH
-            elif fin.reason is FinishReason.INVALID:
-                turn.error = InvalidRequest(fin.violations)
-            elif fin.reason in (FinishReason.ERROR, FinishReason.CANCELLED) and turn.interrupt is None:
-                turn.error = SynthesisFailed(f"the speak turn failed inside the server: {_why(fin)}")
+            elif turn.interrupt is None:
+                turn.error = failure(fin, turn.turn_id)
         if turn.error is None and turn.interrupt is None and pieces == 0:
             turn.error = InvalidRequest([Violation("text", "must not be empty")])
         if turn.error is not None:
             turn.close_text()
             if pieces:
+                delivery.record(delivery.finished.reason)
                 await _finished(self._conv.discard(turn.turn_id))  # the context as it was before the turn
-            self._error(turn.turn_id, turn.error)
+            await self._error(turn.turn_id, turn.error)
             return
         if turn.interrupt is not None:
             reason = FinishReason.CANCELLED
             context = (await _finished(turn.interrupt)).context
         else:
-            for chunk in audio.flush():
-                self._emit(turn.turn_id, audio=chunk)
-        self._result(turn, reason, context, audio, dropped)
-
-    def _result(self, turn: _SpeakTurn, reason: FinishReason, context, audio: _Audio, dropped=()) -> None:
-        self._metrics.observe_finished(reason)
-        if audio.first_audio_s is not None:
-            self._metrics.time_to_first_audio.observe(audio.first_audio_s)
-        self._emit(turn.turn_id, result=audio.result(turn.turn_id, reason))
+            tail = await delivery.tail()
+            if tail is not None:
+                await self._emit(turn.turn_id, audio=chunks.add(tail.data, tail.samples))
+        summary = replace(delivery.record(reason), audio_samples=chunks.total_samples)  # what was sent
+        await self._emit(turn.turn_id, result=synthesis_result(summary))
         if context is not None:
-            self._emit(turn.turn_id, context=_update(context, tuple(dropped)))
+            await self._emit(turn.turn_id, context=_update(context, tuple(dropped)))
 
 
-class _Audio:
-    """One speak turn's audio stream: one encoder and chunk numbering over its pieces."""
-
-    def __init__(self, params: SynthesisParams, arrival: float):
-        self.rate = params.output_sample_rate
-        self.arrival = arrival
-        self.encoder = make_encoder(OutputEncoding(params.output_encoding), self.rate)
-        self.chunker = Chunker(self.rate)
-        self.first_audio_s: float | None = None
-        self.frames = 0
-        self.prompt_frames: int | None = None
-        self.queue_s = 0.0
-        self.watermarked = False
-
-    def add(self, pcm) -> list[pb.AudioChunk]:
-        chunk = self.chunker.add(self.encoder.encode(pcm), len(pcm))
-        if chunk is None:
-            return []
-        if self.first_audio_s is None:
-            self.first_audio_s = time.monotonic() - self.arrival
-        return [chunk]
-
-    def flush(self) -> list[pb.AudioChunk]:
-        chunk = self.chunker.add(self.encoder.flush(), 0)
-        return [chunk] if chunk is not None else []
-
-    def finished(self, fin: Finished) -> None:
-        self.frames += fin.frames
-        self.watermarked = fin.watermarked
-        if self.prompt_frames is None:
-            self.prompt_frames, self.queue_s = fin.prompt_frames, fin.queue_s
-
-    def result(self, turn_id: str, reason: FinishReason) -> pb.SynthesisResult:
-        samples = self.chunker.total_samples
-        return pb.SynthesisResult(
-            request_id=turn_id, finish_reason=FINISH_REASONS[reason], frames=self.frames, audio_samples=samples,
-            audio_ms=samples * 1000.0 / self.rate, sample_rate=self.rate, queue_ms=self.queue_s * 1000.0,
-            time_to_first_audio_ms=(self.first_audio_s or 0.0) * 1000.0,
-            total_ms=(time.monotonic() - self.arrival) * 1000.0, watermarked=self.watermarked,
-            prompt_frames=self.prompt_frames or 0)
+def _not_started(turn: _SpeakTurn) -> Summary:
+    """The result of a speak turn an interrupt dropped before it started."""
+    return Summary(request_id=turn.turn_id, reason=FinishReason.CANCELLED, frames=0, prompt_frames=0, audio_samples=0,
+                   sample_rate=turn.params.output_sample_rate, queue_s=0.0, first_audio_s=None,
+                   total_s=time.monotonic() - turn.arrival, watermarked=False)
 
 
 async def _finished(stream: RequestStream) -> Finished:

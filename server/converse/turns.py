@@ -6,7 +6,6 @@ context turn's `segment.audio`.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 from csm_core.constants import DEFAULT_TEMPERATURE, DEFAULT_TOP_K, SAMPLE_RATE
@@ -14,8 +13,6 @@ from csm_wire import speech_pb2 as pb
 from server.engine import rules
 from server.engine.types import ContextSegment, EngineLimits, SynthesisParams, Violation
 from server.proto_convert import OUTPUT_ENCODINGS, encoded_audio
-
-_CONTEXT_FIELD = re.compile(r"context\[0\](.*)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +85,6 @@ def segment_fields(violations: tuple[Violation, ...] | list[Violation]) -> list[
     """The engine names a context turn's fields `context[0]...`; the message calls them `segment...`."""
     out = []
     for v in violations:
-        match = _CONTEXT_FIELD.fullmatch(v.field)
-        out.append(Violation("segment" + match.group(1), v.description) if match else v)
+        split = rules.split_segment_field(v.field)
+        out.append(Violation("segment" + split[1], v.description) if split else v)
     return out

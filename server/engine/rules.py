@@ -14,6 +14,7 @@ Every violation of a moment is reported together (one InvalidRequest / INVALID_A
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -171,6 +172,16 @@ def _violations(params: SynthesisParams, limits: EngineLimits, segments_only: bo
             problem = rule.check(rule.value(target), limits)
             if problem is not None:
                 yield Violation(rule.field.format(i=i), problem)
+
+
+_SEGMENT_FIELD = re.compile(r"context\[(\d+)\](.*)")
+
+
+def split_segment_field(field: str) -> tuple[int, str] | None:
+    """(i, rest) of a context segment's field `context[i]rest`; None for any other field. Front
+    ends that carry segments elsewhere (a voice's, a conversation's turn) rename it with this."""
+    match = _SEGMENT_FIELD.fullmatch(field)
+    return None if match is None else (int(match.group(1)), match.group(2))
 
 
 def check(params: SynthesisParams, limits: EngineLimits) -> list[Violation]:

@@ -16,9 +16,9 @@ from typing import Protocol
 
 import numpy as np
 
-from csm_core.constants import FRAME_MS, FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
-from server.engine.rules import ROOM_TEXT_POSITIONS
-from server.engine.types import EngineLimits, InvalidRequest, Violation
+from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
+from server.engine import rules
+from server.engine.types import ContextSegment, EngineLimits, InvalidRequest, Violation
 from server.voices.config import VoicesConfig
 from server.voices.store import VoiceStore, to_bytes
 from server.voices.types import (
@@ -67,19 +67,13 @@ class TurnTokenizer(Protocol):
 class VoiceLimits:
     max_voices: int
     max_bytes: int
-    max_segments: int
-    max_text_chars: int
-    max_speaker_id: int
-    max_segment_audio_s: float
     max_prompt_frames: int  # the model's context minus the room a default request needs
+    engine: EngineLimits  # a voice's segments keep the rules of a request's context segments
 
     @classmethod
     def for_engine(cls, engine: EngineLimits, config: VoicesConfig) -> VoiceLimits:
-        room = ROOM_TEXT_POSITIONS + engine.default_max_audio_ms // FRAME_MS  # a voice leaves room to speak
         return cls(max_voices=config.max_voices, max_bytes=config.max_bytes,
-                   max_segments=engine.max_context_segments, max_text_chars=engine.max_text_chars,
-                   max_speaker_id=engine.max_speaker_id, max_segment_audio_s=engine.max_context_audio_s,
-                   max_prompt_frames=max(0, engine.max_seq_len - room))
+                   max_prompt_frames=max(0, engine.max_seq_len - rules.room_to_speak(engine)), engine=engine)
 
 
 class VoiceRegistry:
@@ -158,34 +152,27 @@ class VoiceRegistry:
         return len(self._tokenizer.encode_turn(segment.speaker, segment.text))
 
     def _check(self, name: str, segments: Sequence[NewSegment], description: str) -> list[Violation]:
-        lim, v = self.limits, []
+        """The name and description, then the segments by the engine's rules for context segments
+        (server/engine/rules.py), named `segments[i]...`; then whether they leave room to speak."""
+        v = []
         if not valid_name(name):
             v.append(Violation("name", f"{name!r} is not a voice name: {NAME_RULE}"))
         if len(description) > MAX_DESCRIPTION_CHARS:
             v.append(Violation("description", f"{len(description)} characters; at most {MAX_DESCRIPTION_CHARS}"))
         if not segments:
             v.append(Violation("segments", "a voice needs at least one segment (text and audio)"))
-        elif len(segments) > lim.max_segments:
-            v.append(Violation("segments", f"{len(segments)} segments; at most {lim.max_segments}"))
+        context = tuple(ContextSegment(s.speaker, s.text, s.audio.samples if s.audio else None,
+                                       s.audio.sample_rate if s.audio else SAMPLE_RATE) for s in segments)
+        v += [Violation(_segments_field(x.field), x.description) for x in rules.check_segments(context, self.limits.engine)]
+        v += [Violation(f"segments[{i}].audio", "a voice segment needs its audio")
+              for i, s in enumerate(segments) if s.audio is None]
+        if v:
+            return v
         estimate = 0  # prompt positions, audio frames estimated from the clips' lengths
-        for i, seg in enumerate(segments):
-            if not seg.text.strip():
-                v.append(Violation(f"segments[{i}].text", "must not be empty: give the transcript of the audio"))
-            elif len(seg.text) > lim.max_text_chars:
-                v.append(Violation(f"segments[{i}].text", f"{len(seg.text)} characters; at most {lim.max_text_chars}"))
-            if not 0 <= seg.speaker <= lim.max_speaker_id:
-                v.append(Violation(f"segments[{i}].speaker", f"{seg.speaker} is outside [0, {lim.max_speaker_id}]"))
-            if seg.audio is None:
-                v.append(Violation(f"segments[{i}].audio", "a voice segment needs its audio"))
-            elif seg.audio.seconds > lim.max_segment_audio_s:
-                v.append(Violation(f"segments[{i}].audio", f"{seg.audio.seconds:.1f} s is longer than the "
-                                                           f"{lim.max_segment_audio_s:.0f} s accepted"))
-            elif not v:
-                frames = math.ceil(seg.audio.seconds * SAMPLE_RATE / FRAME_SAMPLES)
-                estimate += segment_prompt_frames(self._text_tokens(seg), frames)
-        if not v and estimate > lim.max_prompt_frames:
-            v.append(self._too_long(estimate))
-        return v
+        for seg in segments:
+            frames = math.ceil(seg.audio.seconds * SAMPLE_RATE / FRAME_SAMPLES)
+            estimate += segment_prompt_frames(self._text_tokens(seg), frames)
+        return [self._too_long(estimate)] if estimate > self.limits.max_prompt_frames else []
 
     def _too_long(self, prompt_frames: int) -> Violation:
         return Violation("segments", f"the voice takes {prompt_frames} prompt positions; at most "
@@ -201,3 +188,11 @@ class VoiceRegistry:
         out = np.array(codes, dtype=np.int16)  # a private copy
         out.flags.writeable = False
         return out
+
+
+def _segments_field(field: str) -> str:
+    """The engine's `context[i]...` is the voice's `segments[i]...`."""
+    split = rules.split_segment_field(field)
+    if split is not None:
+        return f"segments[{split[0]}]{split[1]}"
+    return "segments" if field == "context" else field

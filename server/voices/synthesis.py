@@ -7,12 +7,10 @@ arrays: deleting the voice later does not touch a request that has them. Torch-f
 from __future__ import annotations
 
 import dataclasses
-import re
 
+from server.engine import rules
 from server.engine.types import ContextSegment, InvalidRequest, SynthesisParams, Violation
 from server.voices.types import Voice
-
-_CONTEXT_FIELD = re.compile(r"context\[(\d+)\](.*)")
 
 
 def voice_context(voice: Voice) -> tuple[ContextSegment, ...]:
@@ -32,10 +30,10 @@ def blame_request_fields(error: InvalidRequest, voice: Voice) -> InvalidRequest:
     def blamed(v: Violation) -> Violation:
         if v.field == "context":
             return Violation("context", f"{v.description} (the {n} segments of voice {voice.name!r} included)")
-        match = _CONTEXT_FIELD.fullmatch(v.field)
-        if match is None:
+        split = rules.split_segment_field(v.field)
+        if split is None:
             return v
-        i = int(match.group(1))
-        return Violation("voice" if i < n else f"context[{i - n}]{match.group(2)}", v.description)
+        i, rest = split
+        return Violation("voice" if i < n else f"context[{i - n}]{rest}", v.description)
 
     return InvalidRequest([blamed(v) for v in error.violations])
