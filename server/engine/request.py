@@ -7,8 +7,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.messages import StreamRef, Turn
-from server.engine.stream import RequestStream
+from server.engine.messages import EventSink, StreamRef, Turn
 from server.engine.types import FinishReason, SynthesisParams, Violation
 
 
@@ -24,7 +23,7 @@ class RequestStatus(enum.Enum):
 class Request:
     id: int  # minted by the engine
     params: SynthesisParams
-    sink: RequestStream
+    sink: EventSink
     seed: int
     max_frames: int
     t_arrival: float
