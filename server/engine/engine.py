@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from server.engine.output import OutputStage
 from server.engine.parts import EngineParts, engine_info, load_parts, plan_threads
 from server.engine.prefix_cache import PrefixIndex
 from server.engine.prep import PrepWorker
+from server.engine.request import draw_seed
 from server.engine.scheduler import Scheduler
 from server.engine.sessions import Sessions
 from server.engine.stream import RequestStream
@@ -176,7 +176,7 @@ class Engine:
                             f"requests waiting, its limit; retry in about {retry:.0f} s or use another replica",
                             retry)
         rid = next(self._ids)
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        seed = draw_seed(params.seed)
         sink = RequestStream(rid, params.request_id, self._core.post, self.config.stream_buffer_s)
         self._core.post(Submitted(rid, params, sink, seed, rules.max_frames(params, limits), time.monotonic()))
         return sink
