@@ -31,6 +31,7 @@ from server.engine.request import Request, RequestStatus
 from server.engine.runner import ModelRunner, StepResult
 from server.engine.scheduler import Scheduler, SchedulerOutput
 from server.engine.sessions import Sessions
+from server.engine.threads import pipeline_thread
 from server.engine.types import ContextState, EngineStats, Finished, FinishReason, StepStats, Violation
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,6 @@ class EngineCore:
         self.admission = admission  # one-shot requests; conversations are bounded by their own count
         self.sessions = sessions
         self.watermarked = watermarked
-        self.torch_threads = torch_threads
         self.prep: PrepWorker | None = None  # attached once built: they report to this core
         self.mimi: MimiDecoder | None = None
         self.step_observers: list[Callable[[StepStats], None]] = []
@@ -59,7 +59,7 @@ class EngineCore:
         self._wakeup = threading.Event()
         self._requests: dict[int, Request] = {}  # every request not finished, by id
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="csm-engine", daemon=True)
+        self._thread = pipeline_thread("csm-engine", self._loop, torch_threads)
 
     # -- any thread --------------------------------------------------------------------
     def post(self, msg: Control) -> None:
@@ -94,9 +94,6 @@ class EngineCore:
                 fn(exc)
 
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
         while not self._stop:
             self._drain_control()
             self.sessions.release_idle(time.monotonic())

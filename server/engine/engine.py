@@ -29,13 +29,14 @@ from server.engine.core import EngineCore
 from server.engine.messages import SessionOpen, Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.output import OutputStage
-from server.engine.parts import EngineParts, engine_info, load_parts, plan_threads
+from server.engine.parts import EngineParts, engine_info, load_parts
 from server.engine.prefix_cache import PrefixIndex
 from server.engine.prep import PrepWorker
 from server.engine.request import draw_seed
 from server.engine.scheduler import Scheduler
 from server.engine.sessions import Sessions
 from server.engine.stream import RequestStream
+from server.engine.threads import plan_threads
 from server.engine.types import (
     EngineInfo, EngineStats, EngineUnavailable, InvalidRequest, PipelineCounters, QueueFull, StepStats,
     SynthesisParams, TooManyConversations,
