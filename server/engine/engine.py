@@ -31,7 +31,7 @@ from server.engine.core import EngineCore
 from server.engine.messages import SessionOpen, Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.output import OutputStage
-from server.engine.parts import EngineParts, engine_info, load_parts
+from server.engine.parts import EngineParts, VoiceParts, engine_info, load_parts
 from server.engine.prefix_cache import PrefixIndex
 from server.engine.prep import PrepWorker
 from server.engine.request import draw_seed
@@ -152,6 +152,10 @@ class Engine:
 
     def info(self) -> EngineInfo:
         return self._info
+
+    def voice_parts(self) -> VoiceParts:
+        """What a voice encoder shares with this engine (server/voices/mimi_encoder.py)."""
+        return VoiceParts(self.parts.codec, self.parts.tokenizer, self.threads.torch_threads)
 
     def stats(self) -> EngineStats:
         return self._core.stats

@@ -38,6 +38,15 @@ class EngineParts:
         return torch.device(self.runner.device)
 
 
+@dataclass(frozen=True, slots=True)
+class VoiceParts:
+    """What encodes and measures a voice as the engine encodes and frames context audio."""
+
+    codec: MimiCodec
+    tokenizer: TextTokenizer
+    torch_threads: int | None  # intra-op threads of the encoder's thread, as each pipeline thread's
+
+
 def load_parts(config: EngineConfig) -> EngineParts:
     lm = load_model(config.model, config.device, config.dtype, seed=config.seed, quantize=config.quantize)
     model = lm.model

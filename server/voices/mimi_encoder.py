@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ from server.engine.threads import BACKGROUND_NICE, set_up_thread
 from server.voices.config import VoicesConfig
 from server.voices.registry import Clip, VoiceLimits, VoiceRegistry
 from server.voices.store import VoiceStore
+
+if TYPE_CHECKING:
+    from server.engine.engine import Engine
 
 _FINGERPRINT_VALUES = 4096  # values sampled from each end of every weight tensor
 
@@ -58,8 +62,9 @@ class MimiVoiceEncoder:
         return [c.to("cpu", torch.int16).numpy() for c in codes]
 
 
-def open_registry(engine, config: VoicesConfig) -> VoiceRegistry:
+def open_registry(engine: Engine, config: VoicesConfig) -> VoiceRegistry:
     """csm-serve's registry: the engine's Mimi and tokenizer, limits from the engine's."""
-    encoder = MimiVoiceEncoder(engine.parts.codec, engine.threads.torch_threads)
+    parts = engine.voice_parts()
+    encoder = MimiVoiceEncoder(parts.codec, parts.torch_threads)
     limits = VoiceLimits.for_engine(engine.info().limits, config)
-    return VoiceRegistry(VoiceStore(config.path), limits, encoder, engine.parts.tokenizer)
+    return VoiceRegistry(VoiceStore(config.path), limits, encoder, parts.tokenizer)
