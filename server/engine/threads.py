@@ -1,9 +1,9 @@
 """The engine's threads: how the CPU is shared among them, and how each one is set up.
 
-The engine thread, the prep thread, the Mimi thread, the output workers and the voice encoder's
-thread (server/voices/mimi_encoder.py) are all made here: a named daemon thread that turns
-autograd off, takes its share of intra-op threads and, for background work, the lowest CPU
-priority before it runs.
+The engine thread, the prep thread, the Mimi thread and the output workers are made here
+(pipeline_thread): a named daemon thread that turns autograd off, takes its share of intra-op
+threads and, for background work, the lowest CPU priority before it runs. The voice encoder's
+pool thread (server/voices/mimi_encoder.py) sets itself up the same way (set_up_thread).
 """
 
 from __future__ import annotations
