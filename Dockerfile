@@ -36,6 +36,7 @@ RUN uv pip install --system ./protos -r pyproject.toml \
  && uv pip install --system --no-deps "silentcipher==1.0.5"
 COPY README.md ./
 COPY csm_core/ csm_core/
+COPY csm_bench/ csm_bench/
 COPY server/ server/
 COPY client/pyproject.toml client/
 COPY client/csm_client/ client/csm_client/

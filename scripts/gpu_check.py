@@ -37,13 +37,13 @@ import torch
 
 sys.path.append(str(Path(__file__).resolve().parents[1]))  # a checkout not installed (PYTHONPATH comes first)
 
+from csm_bench import cli as bench  # noqa: E402
 from csm_core.checkpoint import load_model, resolve_device  # noqa: E402
 from csm_core.constants import FRAME_MS  # noqa: E402
 from csm_core.framing import build_prompt  # noqa: E402
 from csm_core.generate import frame_logits, generate  # noqa: E402
 from csm_core.sampling import SamplingParams  # noqa: E402
 from csm_core.text import OFFLINE_TOKENIZER, load_tokenizer  # noqa: E402
-from server import bench  # noqa: E402
 from server.engine.config import EngineConfig  # noqa: E402
 from server.engine.engine import build  # noqa: E402
 from server.engine.types import Finished, SynthesisParams  # noqa: E402

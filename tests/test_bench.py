@@ -5,7 +5,7 @@ import json
 import pytest
 
 from csm_core.constants import FRAME_MS, FRAME_SAMPLES
-from server.bench import main
+from csm_bench.cli import main
 
 FRAME_S = FRAME_MS / 1000
 

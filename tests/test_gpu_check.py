@@ -44,7 +44,7 @@ def test_what_the_gpu_check_imports_is_on_the_gpu_machine():
     code = ("import sys\n"
             f"for name in {NOT_ON_THE_GPU_MACHINE!r}:\n"
             "    sys.modules[name] = None  # import raises ImportError, as where it is not installed\n"
-            "import server.engine.engine, server.bench, tests.test_cuda  # what gpu_check.sh runs\n"
+            "import server.engine.engine, csm_bench.cli, tests.test_cuda  # what gpu_check.sh runs\n"
             "import importlib.util\n"
             "spec = importlib.util.spec_from_file_location('gpu_check', 'scripts/gpu_check.py')\n"
             "module = sys.modules['gpu_check'] = importlib.util.module_from_spec(spec)\n"

@@ -1,8 +1,8 @@
 """How many requests the engine holds: submitted and not finished, at most slots + queue.
 
 `try_admit` runs on callers' threads when they submit; `release` runs on the engine thread
-only, once for every request, when it finishes (server/engine/core.py). That is the one place
-a request stops being counted, whatever ended it.
+only, once for every request it admitted, when it finishes (RequestBooks.finish,
+server/engine/books.py). That is the one place a request stops being counted, whatever ended it.
 """
 
 from __future__ import annotations

@@ -17,7 +17,6 @@ caller's thread, as `Engine.submit` does.
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from csm_core.constants import FRAME_MS
 from server.engine import rules
 from server.engine.messages import Control, SessionClose, SessionInterrupt, Submitted, Turn, TurnKind
+from server.engine.request import draw_seed
 from server.engine.stream import RequestStream
 from server.engine.types import ContextSegment, EngineLimits, InvalidRequest, SynthesisParams, Violation
 
@@ -87,7 +87,7 @@ class Conversation:
 
     def _turn(self, turn_id: str, kind: TurnKind, params: SynthesisParams) -> RequestStream:
         rid = self._next_id()
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
+        seed = draw_seed(params.seed)
         label = params.request_id or turn_id
         sink = RequestStream(rid, label, self._post, self._pause_after_s)
         max_frames = rules.max_frames(params, self._limits) if kind is TurnKind.SPEAK else 0

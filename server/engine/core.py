@@ -5,25 +5,26 @@
 
 Other threads never touch a request: callers (Submitted, Cancel; conversations: SessionOpen,
 SessionInterrupt, SessionClose), the prep thread (Prepared, PrepFailed) and the Mimi and output
-threads (StreamFailed) post messages to the control channel, which this thread drains at one
-fixed point, before it schedules, as vLLM drains its aborts. A request's status, and a
-conversation's context (server/engine/sessions.py), therefore change here only.
+threads (StreamFailed) post messages to the control channel (server/engine/control.py), which
+this thread drains at one fixed point, before it schedules, as vLLM drains its aborts. A
+request's status, and a conversation's context (server/engine/sessions.py), therefore change
+here only; a request ends in its books (server/engine/books.py).
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable
 
 import torch
 
 from server.engine.admission import Admission
+from server.engine.books import RequestBooks
+from server.engine.control import ControlChannel
 from server.engine.messages import (
     Cancel, Control, MimiRow, MimiStep, Pause, Prepared, PrepFailed, PrepJob, Resume, SessionClose, SessionInterrupt,
-    SessionOpen, StreamEnd, StreamFailed, StreamRef, Submitted, TurnKind,
+    SessionOpen, StreamFailed, StreamRef, Submitted, TurnKind,
 )
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.prep import PrepWorker
@@ -31,7 +32,8 @@ from server.engine.request import Request, RequestStatus
 from server.engine.runner import ModelRunner, StepResult
 from server.engine.scheduler import Scheduler, SchedulerOutput
 from server.engine.sessions import Sessions
-from server.engine.types import ContextState, EngineStats, Finished, FinishReason, StepStats, Violation
+from server.engine.threads import pipeline_thread
+from server.engine.types import EngineStats, Finished, FinishReason, StepStats, Violation
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +41,34 @@ IDLE_WAIT_S = 0.1  # how long an idle engine waits for a message before looking 
 
 
 class EngineCore:
-    def __init__(self, runner: ModelRunner, scheduler: Scheduler, admission: Admission, watermarked: bool,
-                 torch_threads: int | None, sessions: Sessions, reader_stall_s: float = 0.0):
+    def __init__(self, control: ControlChannel, runner: ModelRunner, scheduler: Scheduler, sessions: Sessions,
+                 admission: Admission, prep: PrepWorker, mimi: MimiDecoder, watermarked: bool,
+                 torch_threads: int | None, reader_stall_s: float = 0.0):
+        self._control = control  # what prep, Mimi, output and the callers' streams post to
         self.runner = runner
         self.reader_stall_s = reader_stall_s  # a request paused this long for its reader ends (0: never)
         self.scheduler = scheduler
-        self.admission = admission  # one-shot requests; conversations are bounded by their own count
         self.sessions = sessions
+        self.prep = prep
+        self.mimi = mimi
         self.watermarked = watermarked
-        self.torch_threads = torch_threads
-        self.prep: PrepWorker | None = None  # attached once built: they report to this core
-        self.mimi: MimiDecoder | None = None
+        self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked)
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.frame_observers: list[Callable[[str, torch.Tensor], None]] = []
         self.fatal_observers: list[Callable[[BaseException], None]] = []
         self.failure: BaseException | None = None  # what stopped the engine thread, if anything did
         self.stats = EngineStats(0, scheduler.slots.num_slots, 0, 0, 0)  # published after every loop
-        self._control: queue.SimpleQueue[Control] = queue.SimpleQueue()
-        self._wakeup = threading.Event()
-        self._requests: dict[int, Request] = {}  # every request not finished, by id
         self._stop = False
-        self._thread = threading.Thread(target=self._loop, name="csm-engine", daemon=True)
+        self._thread = pipeline_thread("csm-engine", self._loop, torch_threads)
 
     # -- any thread --------------------------------------------------------------------
-    def post(self, msg: Control) -> None:
-        self._control.put(msg)
-        self._wakeup.set()
-
     def start(self) -> None:
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the loop; the requests still in it end as CANCELLED (server shut down)."""
         self._stop = True
-        self._wakeup.set()
+        self._control.wake()
         self._thread.join(timeout)
 
     # -- engine thread -----------------------------------------------------------------
@@ -86,60 +82,50 @@ class EngineCore:
             self.failure = exc
             log.critical("the engine thread stopped", exc_info=exc)
             try:
-                for req in list(self._requests.values()):
-                    self._finish(req, FinishReason.ERROR, "the engine stopped; the server is restarting")
+                self._books.finish_all(FinishReason.ERROR, "the engine stopped; the server is restarting")
             except BaseException:
                 log.exception("could not end the requests of the stopped engine")
             for fn in self.fatal_observers:
                 fn(exc)
 
     def _run(self) -> None:
-        torch.set_grad_enabled(False)
-        if self.torch_threads:
-            torch.set_num_threads(self.torch_threads)
         while not self._stop:
             self._drain_control()
             self.sessions.release_idle(time.monotonic())
             self._end_stalled()
             if not self.scheduler.has_work():
                 self._publish()
-                self._wakeup.wait(IDLE_WAIT_S)
-                self._wakeup.clear()
+                self._control.wait(IDLE_WAIT_S)
                 continue
             try:
                 self.step()
             except Exception:  # a fault in the batched step: fail the batch, keep serving
                 log.exception("engine step failed; failing the requests in flight")
                 for req in list(self.scheduler.running):
-                    self._finish(req, FinishReason.ERROR, "internal error in the engine step")
+                    self._books.finish(req, FinishReason.ERROR, "internal error in the engine step")
             self._publish()
         self._drain_control()
-        for req in list(self._requests.values()):
-            self._finish(req, FinishReason.CANCELLED, "the server shut down before the request finished")
+        self._books.finish_all(FinishReason.CANCELLED, "the server shut down before the request finished")
         self._publish()
 
     def _drain_control(self) -> None:
-        while True:
-            try:
-                msg = self._control.get_nowait()
-            except queue.Empty:
-                return
+        for msg in self._control.drain():
             if isinstance(msg, Submitted):
                 self._submitted(msg)
             elif isinstance(msg, (SessionOpen, SessionInterrupt, SessionClose)):
                 self._session_message(msg)
             else:
                 ids = msg.ids if isinstance(msg, StreamFailed) else (msg.id,)
-                for req in [self._requests[i] for i in ids if i in self._requests]:  # finished ones are gone
+                for req in [r for r in map(self._books.get, ids) if r is not None]:  # finished ones are gone
                     self._on_request_message(req, msg)
 
     def _submitted(self, msg: Submitted) -> None:
         req = Request(msg.id, msg.params, msg.sink, msg.seed, msg.max_frames, msg.t_arrival)
-        self._requests[msg.id] = req
+        self._books.open(req)
         if msg.turn is not None:
             req.turn, req.session = msg.turn, msg.turn.session
             if not self.sessions.submitted(req, time.monotonic()):
-                self._finish(req, FinishReason.CANCELLED, "the conversation has ended")
+                self._books.finish(req, FinishReason.CANCELLED, "the conversation has ended")
                 return
         self.prep.prepare(PrepJob(msg.id, msg.params, msg.max_frames, msg.turn.kind if msg.turn else None))
 
@@ -147,30 +133,30 @@ class EngineCore:
         if isinstance(msg, Prepared):
             self._prepared(req, msg)
         elif isinstance(msg, Cancel):
-            self._finish(req, FinishReason.CANCELLED)
+            self._books.finish(req, FinishReason.CANCELLED)
         elif isinstance(msg, Pause):
             req.paused_since = time.monotonic()
         elif isinstance(msg, Resume):
             req.paused_since = None
         elif isinstance(msg, PrepFailed):
             reason = FinishReason.INVALID if msg.violations else FinishReason.ERROR
-            self._finish(req, reason, msg.error, msg.violations)
+            self._books.finish(req, reason, msg.error, msg.violations)
         else:
-            self._finish(req, FinishReason.ERROR, msg.error)
+            self._books.finish(req, FinishReason.ERROR, msg.error)
 
     def _prepared(self, req: Request, msg: Prepared) -> None:
         prompt = msg.prompt
         if req.turn is not None and req.turn.kind is not TurnKind.SPEAK:  # segments join the context
             violation = self.sessions.apply_segments(req, msg)
             if violation is not None:
-                self._finish(req, FinishReason.INVALID, violations=(violation,))
+                self._books.finish(req, FinishReason.INVALID, violations=(violation,))
             else:
-                self._finish(req, FinishReason.EOS)
+                self._books.finish(req, FinishReason.EOS)
             return
         if req.turn is not None:  # a conversation's piece: its prompt starts where its slot's rows end
             prompt = self.sessions.speak_prompt(req, msg)
             if isinstance(prompt, Violation):
-                self._finish(req, FinishReason.INVALID, violations=(prompt,))
+                self._books.finish(req, FinishReason.INVALID, violations=(prompt,))
                 return
         else:
             req.prompt_len, req.block_hashes = len(prompt), msg.block_hashes
@@ -185,11 +171,11 @@ class EngineCore:
         running = session.request if session is not None else None
         if isinstance(msg, SessionClose):
             if running is not None:
-                self._finish(running, FinishReason.CANCELLED)
+                self._books.finish(running, FinishReason.CANCELLED)
             self.sessions.close(msg.session)
             return
         if running is not None and running.turn.turn_id == msg.turn_id:
-            self._finish(running, FinishReason.CANCELLED)
+            self._books.finish(running, FinishReason.CANCELLED)
         if msg.remove:
             state = self.sessions.remove_turn(msg.session, msg.turn_id)
         else:
@@ -203,7 +189,7 @@ class EngineCore:
         now = time.monotonic()
         for req in [r for r in self.scheduler.running if r.paused_since is not None]:
             if now - req.paused_since > self.reader_stall_s:
-                self._finish(req, FinishReason.STALLED,
+                self._books.finish(req, FinishReason.STALLED,
                              f"the client read its audio too slowly: {req.sink.unread_ms / 1000:.1f} s of it "
                              f"waited unread for more than {self.reader_stall_s:g} s")
 
@@ -260,7 +246,7 @@ class EngineCore:
     def _postprocess(self, plan: SchedulerOutput, result: StepResult) -> list[FinishReason]:
         finished = []
         for req, err in result.failed:
-            self._finish(req, FinishReason.ERROR, err)
+            self._books.finish(req, FinishReason.ERROR, err)
             finished.append(FinishReason.ERROR)
         for chunk in plan.prefill:
             if not chunk.request.finished:
@@ -270,7 +256,7 @@ class EngineCore:
         for i, req in enumerate(result.producers):
             req.status = RequestStatus.DECODING
             if result.eos[i]:
-                self._finish(req, FinishReason.EOS)
+                self._books.finish(req, FinishReason.EOS)
                 finished.append(FinishReason.EOS)
                 continue
             req.num_frames += 1
@@ -279,45 +265,9 @@ class EngineCore:
             for fn in self.frame_observers:
                 fn(req.label, observed[i])
             if req.num_frames >= req.max_frames:
-                self._finish(req, FinishReason.LENGTH)
+                self._books.finish(req, FinishReason.LENGTH)
                 finished.append(FinishReason.LENGTH)
         return finished
 
-    def _finish(self, req: Request, reason: FinishReason, error: str | None = None,
-                violations: tuple[Violation, ...] = ()) -> None:
-        if req.finished:
-            return
-        self.scheduler.finish(req)
-        req.finish_reason, req.error, req.violations = reason, error, violations
-        req.t_finished = time.monotonic()
-        context: ContextState | None = None
-        if req.turn is not None:
-            context = self.sessions.finished(req, reason, req.t_finished)
-        else:
-            self.admission.release()
-        req.state = None
-        del self._requests[req.id]
-        if error:
-            log.warning("request %r ended (%s): %s", req.label, reason.value, error)
-        if req.stream is not None:  # it had a slot: its end follows its frames through Mimi and output
-            self.mimi.end(StreamEnd(req.stream, reason, error, req.num_frames, req.prompt_len, req.t_arrival,
-                                    req.t_admitted, req.t_finished, context))
-            return
-        req.sink.push(Finished(
-            reason=reason, frames=0, prompt_frames=req.prompt_len, queue_s=req.t_finished - req.t_arrival,
-            ttfa_s=None, total_s=req.t_finished - req.t_arrival, watermarked=self.watermarked, error=error,
-            violations=violations, context=context))
-
     def _publish(self) -> None:
-        running = self.scheduler.running
-        prefilling = sum(r.status is RequestStatus.PREFILLING for r in running)
-        one_shot = sum(r.turn is None for r in running)
-        prefix = self.scheduler.prefix
-        self.stats = EngineStats(
-            slots_in_use=self.scheduler.slots.num_used, max_slots=self.scheduler.slots.num_slots,
-            requests_waiting=max(0, self.admission.count - one_shot),
-            requests_prefilling=prefilling, requests_decoding=len(running) - prefilling,
-            requests_paused=sum(r.paused_since is not None for r in running),
-            conversations=len(self.sessions), conversations_holding_slots=self.sessions.holding_slots,
-            prefix_cache=prefix.stats() if prefix is not None else None,
-        )
+        self.stats = self._books.stats()

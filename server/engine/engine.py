@@ -5,7 +5,8 @@
     for event in engine.submit(SynthesisParams(text="Hello.")): ...
 
 A thin facade over the threads it assembles (server/engine/{prep,core,mimi_decode,output}.py)
-from its parts (server/engine/parts.py). `submit` checks the request's rules and the capacity
+from its parts (server/engine/parts.py), each handed the control channel it reports through
+(server/engine/control.py), made first. `submit` checks the request's rules and the capacity
 on the caller's thread (cheap: no decoding, no tokenizing), mints the request's id and posts it
 to the engine thread; everything after that happens on the engine's threads.
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -25,17 +25,20 @@ from csm_core.constants import FRAME_MS
 from server.engine import rules
 from server.engine.admission import Admission
 from server.engine.config import EngineConfig
+from server.engine.control import ControlChannel
 from server.engine.conversation import Conversation
 from server.engine.core import EngineCore
 from server.engine.messages import SessionOpen, Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.output import OutputStage
-from server.engine.parts import EngineParts, engine_info, load_parts, plan_threads
+from server.engine.parts import EngineParts, VoiceParts, engine_info, load_parts
 from server.engine.prefix_cache import PrefixIndex
 from server.engine.prep import PrepWorker
+from server.engine.request import draw_seed
 from server.engine.scheduler import Scheduler
 from server.engine.sessions import Sessions
 from server.engine.stream import RequestStream
+from server.engine.threads import plan_threads
 from server.engine.types import (
     EngineInfo, EngineStats, EngineUnavailable, InvalidRequest, PipelineCounters, QueueFull, StepStats,
     SynthesisParams, TooManyConversations,
@@ -70,15 +73,15 @@ class Engine:
                               prefix)
         block_positions = blocks.block_positions if blocks else 0
         sessions = Sessions(scheduler, self._info.limits, block_positions)
-        self._core = EngineCore(parts.runner, scheduler, self._admission, parts.watermarker is not None, torch_threads,
-                                sessions, config.reader_stall_s)
-        report = self._core.post
+        self._control = ControlChannel()  # first: every thread below reports through it
+        report = self._control.post
         self._output = OutputStage(parts.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames,
                                    report, torch_threads, self.threads.output_workers)
         self._mimi = MimiDecoder(parts.codec, config.max_slots, self._output, report, config.mimi_frames_per_call,
                                  torch_threads)
         self._prep = PrepWorker(parts.tokenizer, parts.codec, self._info.limits, report, torch_threads, block_positions)
-        self._core.prep, self._core.mimi = self._prep, self._mimi
+        self._core = EngineCore(self._control, parts.runner, scheduler, sessions, self._admission, self._prep,
+                                self._mimi, parts.watermarker is not None, torch_threads, config.reader_stall_s)
         self._ids = itertools.count(1)
         self._ready = threading.Event()
         self._accepting = False
@@ -150,6 +153,10 @@ class Engine:
     def info(self) -> EngineInfo:
         return self._info
 
+    def voice_parts(self) -> VoiceParts:
+        """What a voice encoder shares with this engine (server/voices/mimi_encoder.py)."""
+        return VoiceParts(self.parts.codec, self.parts.tokenizer, self.threads.torch_threads)
+
     def stats(self) -> EngineStats:
         return self._core.stats
 
@@ -176,9 +183,9 @@ class Engine:
                             f"requests waiting, its limit; retry in about {retry:.0f} s or use another replica",
                             retry)
         rid = next(self._ids)
-        seed = params.seed if params.seed is not None else random.getrandbits(63)
-        sink = RequestStream(rid, params.request_id, self._core.post, self.config.stream_buffer_s)
-        self._core.post(Submitted(rid, params, sink, seed, rules.max_frames(params, limits), time.monotonic()))
+        seed = draw_seed(params.seed)
+        sink = RequestStream(rid, params.request_id, self._control.post, self.config.stream_buffer_s)
+        self._control.post(Submitted(rid, params, sink, seed, rules.max_frames(params, limits), time.monotonic()))
         return sink
 
     # -- conversations (any thread) ----------------------------------------------------
@@ -192,6 +199,6 @@ class Engine:
             raise TooManyConversations(f"the server holds {n} conversations, its limit; retry later or use another "
                                        f"replica", RETRY_S_CONVERSATION)
         session = next(self._ids)
-        self._core.post(SessionOpen(session, label))
-        return Conversation(session, label, self._info.limits, self._core.post, lambda: next(self._ids),
+        self._control.post(SessionOpen(session, label))
+        return Conversation(session, label, self._info.limits, self._control.post, lambda: next(self._ids),
                             self._conversations.release, self.config.stream_buffer_s)

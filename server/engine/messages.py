@@ -18,16 +18,27 @@ from __future__ import annotations
 import enum
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from server.engine.types import ContextState, FinishReason, SynthesisParams, Violation
+from server.engine.types import ContextState, Event, FinishReason, SynthesisParams, Violation
 
 if TYPE_CHECKING:
     import torch
 
     from csm_core.framing import Prompt
     from csm_core.sampling import SamplingParams
-    from server.engine.stream import RequestStream
+
+
+class EventSink(Protocol):
+    """Where a request's events go: its RequestStream (server/engine/stream.py), which posts
+    Cancel, Pause and Resume back to the control channel."""
+
+    def push(self, event: Event) -> None:
+        """Deliver an event (engine or output thread)."""
+
+    @property
+    def unread_ms(self) -> int:
+        """Audio pushed and not yet taken by the consumer."""
 
 
 class TurnKind(enum.Enum):
@@ -54,7 +65,7 @@ class Submitted:
 
     id: int
     params: SynthesisParams
-    sink: RequestStream
+    sink: EventSink
     seed: int
     max_frames: int
     t_arrival: float
@@ -128,7 +139,7 @@ class SessionInterrupt:
     session: int
     turn_id: str
     heard_frames: int | None
-    sink: RequestStream
+    sink: EventSink
     remove: bool = False
 
 
@@ -161,7 +172,7 @@ class StreamRef:
     label: str  # the caller's request_id, for logs
     slot: int
     sample_rate: int  # output rate
-    sink: RequestStream
+    sink: EventSink
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from csm_core.mimi import MimiCodec
 from server.engine.messages import Barrier, Control, MimiStep, PcmFrames, Stop, StreamEnd, StreamFailed
 from server.engine.output import OutputStage
 from server.engine.pacing import PACE, CallCostModel, PacedCredits
+from server.engine.threads import pipeline_thread
 from server.engine.types import FinishReason
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,6 @@ class MimiDecoder:
         self.output = output
         self._report = report  # the engine's control channel
         self.max_frames_per_call = max_frames_per_call
-        self._torch_threads = torch_threads
         self._stream = codec.stream_decoder(max_slots)
         self._device = codec.device
         self._queue: queue.SimpleQueue[MimiStep | StreamEnd | Barrier | Stop] = queue.SimpleQueue()
@@ -56,7 +56,7 @@ class MimiDecoder:
         self.busy_s = 0.0  # Mimi decode time (read by stats)
         self.calls = 0
         self.frames = 0  # step-frames decoded (a call of T steps counts T)
-        self._thread = threading.Thread(target=self._loop, name="csm-mimi", daemon=True)
+        self._thread = pipeline_thread("csm-mimi", self._loop, torch_threads)
         self._thread.start()
 
     # -- engine thread -----------------------------------------------------------------
@@ -83,8 +83,6 @@ class MimiDecoder:
     # -- Mimi thread -------------------------------------------------------------------
     @torch.inference_mode()
     def _loop(self) -> None:
-        if self._torch_threads:
-            torch.set_num_threads(self._torch_threads)
         carry = None
         while True:
             item = carry if carry is not None else self._queue.get()

@@ -32,6 +32,7 @@ from csm_core.audio_io import resample
 from csm_core.constants import FRAME_SAMPLES, SAMPLE_RATE
 from csm_core.watermark import Watermarker
 from server.engine.messages import Barrier, Control, PcmFrames, Stop, StreamEnd, StreamFailed
+from server.engine.threads import pipeline_thread
 from server.engine.types import AudioOut, Finished, FinishReason
 
 log = logging.getLogger(__name__)
@@ -68,13 +69,12 @@ class OutputStage:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.watermarker = watermarker
         self._report = report  # the engine's control channel
-        self._torch_threads = torch_threads
         self.first_chunk_frames = first_chunk_frames
         self.chunk_frames = chunk_frames
         marks = [watermarker] + [watermarker.replica() for _ in range(workers - 1)] if watermarker else [None] * workers
         self._workers = [_Worker(mark) for mark in marks]
         for i, w in enumerate(self._workers):
-            w.thread = threading.Thread(target=self._loop, args=(w,), name=f"csm-output-{i}", daemon=True)
+            w.thread = pipeline_thread(f"csm-output-{i}", self._loop, torch_threads, args=(w,))
             w.thread.start()
 
     @property
@@ -106,8 +106,6 @@ class OutputStage:
 
     # -- output threads ------------------------------------------------------------------
     def _loop(self, w: _Worker) -> None:
-        if self._torch_threads:
-            torch.set_num_threads(self._torch_threads)
         while True:
             msg = w.queue.get()
             if isinstance(msg, Stop):

@@ -8,7 +8,6 @@ hands in its own (a fake runner, a Mimi that fails on cue) through the same seam
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, fields
 
 import torch
@@ -37,6 +36,15 @@ class EngineParts:
     @property
     def device(self) -> torch.device:
         return torch.device(self.runner.device)
+
+
+@dataclass(frozen=True, slots=True)
+class VoiceParts:
+    """What encodes and measures a voice as the engine encodes and frames context audio."""
+
+    codec: MimiCodec
+    tokenizer: TextTokenizer
+    torch_threads: int | None  # intra-op threads of the encoder's thread, as each pipeline thread's
 
 
 def load_parts(config: EngineConfig) -> EngineParts:
@@ -86,30 +94,3 @@ def engine_info(config: EngineConfig, parts: EngineParts) -> EngineInfo:
     card = {f.name: getattr(parts.card, f.name) for f in fields(ModelCard)}
     return EngineInfo(**card, num_codebooks=NUM_CODEBOOKS, sample_rate=SAMPLE_RATE, frame_rate_hz=FRAME_RATE_HZ,
                       frame_samples=FRAME_SAMPLES, watermark_enabled=parts.watermarker is not None, limits=limits)
-
-
-@dataclass(frozen=True, slots=True)
-class Threads:
-    """How the CPU is shared among the pipeline's threads."""
-
-    torch_threads: int | None  # intra-op threads of each pipeline thread; None: torch's default
-    output_workers: int
-
-
-def plan_threads(config: EngineConfig, parts: EngineParts) -> Threads:
-    """On CPU the model, Mimi, output and prep threads run at the same time: with all cores each,
-    their thread pools oversubscribe the CPU and spin against each other (measured on 2 cores:
-    ~25 % fewer frames/s than one thread each), so each gets half the cores (at least 1). On
-    accelerators their host threads mostly launch kernels: torch's default stands. With the
-    watermark on a CPU, one output worker per share of the cores."""
-    torch_threads = config.torch_threads
-    if torch_threads is None and parts.device.type == "cpu":
-        torch_threads = max(1, usable_cores() // 2)
-    workers = config.output_workers
-    if workers is None:
-        workers = max(1, usable_cores() // torch_threads) if parts.watermarker and torch_threads else 1
-    return Threads(torch_threads, workers)
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -10,9 +10,7 @@ channel.
 from __future__ import annotations
 
 import logging
-import os
 import queue
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -28,13 +26,10 @@ from csm_core.text import TextTokenizer
 from server.engine import rules
 from server.engine.kv_blocks import block_hashes
 from server.engine.messages import Control, Prepared, PrepFailed, PrepJob, Stop, TurnKind
+from server.engine.threads import BACKGROUND_NICE, pipeline_thread
 from server.engine.types import EncodedAudio, EngineLimits, Violation
 
 log = logging.getLogger(__name__)
-
-# Niceness of the prep thread: the lowest, so that on a busy CPU the running streams come first
-# (SCHED_IDLE would starve context requests on a saturated server).
-PREP_NICE = 19
 
 
 @dataclass(slots=True)
@@ -60,9 +55,8 @@ class PrepWorker:
         self._codec = codec
         self._limits = limits
         self._report = report  # the engine's control channel
-        self._torch_threads = torch_threads
         self._jobs: queue.SimpleQueue[PrepJob | Stop] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name="csm-prep", daemon=True)
+        self._thread = pipeline_thread("csm-prep", self._loop, torch_threads, nice=BACKGROUND_NICE)
         self._thread.start()
 
     # -- engine thread -----------------------------------------------------------------
@@ -75,13 +69,6 @@ class PrepWorker:
 
     # -- prep thread -------------------------------------------------------------------
     def _loop(self) -> None:
-        torch.set_grad_enabled(False)
-        if self._torch_threads:
-            torch.set_num_threads(self._torch_threads)
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), PREP_NICE)
-        except (AttributeError, OSError):  # not Linux, or not permitted: run at normal priority
-            pass
         while True:
             batch = [self._jobs.get()]
             while not isinstance(batch[-1], Stop):  # every job waiting, for one batched Mimi call

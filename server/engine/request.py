@@ -1,15 +1,22 @@
 """A request inside the engine. Created and changed only by the engine thread; the other
-threads know it through messages (server/engine/messages.py)."""
+threads know it through messages (server/engine/messages.py). Its seed is drawn on the
+caller's thread when it is submitted (`draw_seed`), by Engine.submit and a conversation's turns
+alike."""
 
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass
 from typing import Any
 
-from server.engine.messages import StreamRef, Turn
-from server.engine.stream import RequestStream
+from server.engine.messages import EventSink, StreamRef, Turn
 from server.engine.types import FinishReason, SynthesisParams, Violation
+
+
+def draw_seed(seed: int | None) -> int:
+    """The seed a request samples with: the caller's, or a random one (63 bits: a non-negative int64)."""
+    return seed if seed is not None else random.getrandbits(63)
 
 
 class RequestStatus(enum.Enum):
@@ -24,7 +31,7 @@ class RequestStatus(enum.Enum):
 class Request:
     id: int  # minted by the engine
     params: SynthesisParams
-    sink: RequestStream
+    sink: EventSink
     seed: int
     max_frames: int
     t_arrival: float

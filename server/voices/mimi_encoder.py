@@ -9,10 +9,9 @@ decoder side streams, through its own module copies), so it runs beside the engi
 from __future__ import annotations
 
 import hashlib
-import os
-import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,11 +19,14 @@ import torch
 from csm_core.audio_io import resample
 from csm_core.constants import SAMPLE_RATE
 from csm_core.mimi import MimiCodec
+from server.engine.threads import BACKGROUND_NICE, set_up_thread
 from server.voices.config import VoicesConfig
 from server.voices.registry import Clip, VoiceLimits, VoiceRegistry
 from server.voices.store import VoiceStore
 
-ENCODE_NICE = 19  # as the engine's context-audio (prep) thread
+if TYPE_CHECKING:
+    from server.engine.engine import Engine
+
 _FINGERPRINT_VALUES = 4096  # values sampled from each end of every weight tensor
 
 
@@ -45,7 +47,7 @@ class MimiVoiceEncoder:
         self._mimi = mimi
         self.codec = f"mimi:{weights_fingerprint(mimi.model)}"
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="csm-voice-encode",
-                                        initializer=_init_thread, initargs=(torch_threads,))
+                                        initializer=set_up_thread, initargs=(torch_threads, BACKGROUND_NICE))
 
     def encode(self, clips: Sequence[Clip]) -> list[np.ndarray]:
         """Codes int16 [32, frames] per clip, from one batched Mimi call (blocks until done)."""
@@ -60,18 +62,9 @@ class MimiVoiceEncoder:
         return [c.to("cpu", torch.int16).numpy() for c in codes]
 
 
-def _init_thread(torch_threads: int | None) -> None:
-    torch.set_grad_enabled(False)
-    if torch_threads:
-        torch.set_num_threads(torch_threads)
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), ENCODE_NICE)
-    except (AttributeError, OSError):  # not Linux, or not permitted: normal priority
-        pass
-
-
-def open_registry(engine, config: VoicesConfig) -> VoiceRegistry:
+def open_registry(engine: Engine, config: VoicesConfig) -> VoiceRegistry:
     """csm-serve's registry: the engine's Mimi and tokenizer, limits from the engine's."""
-    encoder = MimiVoiceEncoder(engine.parts.codec, engine.threads.torch_threads)
+    parts = engine.voice_parts()
+    encoder = MimiVoiceEncoder(parts.codec, parts.torch_threads)
     limits = VoiceLimits.for_engine(engine.info().limits, config)
-    return VoiceRegistry(VoiceStore(config.path), limits, encoder, engine.parts.tokenizer)
+    return VoiceRegistry(VoiceStore(config.path), limits, encoder, parts.tokenizer)
