@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
          type=float)
     flag("--reader-stall-s", "CSM_READER_STALL_S", "30",
          "a stream paused for its client this long ends with RESOURCE_EXHAUSTED (0: never)", type=float)
+    flag("--preempt-ahead-s", "CSM_PREEMPT_AHEAD_S", "2",
+         "a stream whose client has this much audio unread gives its slot to a waiting request and resumes, "
+         "exactly, once its client is down to half of that", type=float)
+    flag("--preempt-swap-mb", "CSM_PREEMPT_SWAP_MB", "1024",
+         "host memory for the KV of preempted streams; a stream that does not fit keeps its slot", type=int)
+    flag("--preempt-max", "CSM_PREEMPT_MAX", None,
+         "streams preempted at once (default: --max-slots; each keeps a Mimi row; 0: never preempt)", type=int)
     flag("--max-concurrent-rpcs", "CSM_MAX_CONCURRENT_RPCS", "256",
          "calls the server handles at once (health checks included); more get RESOURCE_EXHAUSTED", type=int)
     flag("--max-message-bytes", "CSM_MAX_MESSAGE_BYTES", str(64 * 1024 * 1024),
@@ -216,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
             idle_prefill_budget=args.idle_prefill_budget,
             stream_buffer_s=args.stream_buffer_s,
             reader_stall_s=args.reader_stall_s,
+            preempt_ahead_s=args.preempt_ahead_s,
+            preempt_swap_mb=args.preempt_swap_mb,
+            preempt_max=args.preempt_max,
             prefix_cache_mb=args.prefix_cache_mb,
             max_conversations=args.max_conversations,
             conversation_idle_s=args.conversation_idle_s,

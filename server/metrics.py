@@ -57,6 +57,8 @@ class Metrics:
         gauge("csm:num_requests_waiting", "Requests waiting for a slot.", lambda s: s.requests_waiting)
         gauge("csm:num_requests_paused", "Requests paused because their client has too much audio unread.",
               lambda s: s.requests_paused)
+        gauge("csm:num_requests_preempted", "Paused requests that gave their slot back (their KV in host memory).",
+              lambda s: s.requests_preempted)
         gauge("csm:slot_usage_perc", "Fraction of slots in use, 0 to 1 (like vllm:kv_cache_usage_perc).", _usage)
         self.time_to_first_audio = histogram(
             "csm:time_to_first_audio_seconds", "Arrival of a request to its first audio chunk leaving.",
@@ -131,7 +133,7 @@ class Metrics:
 
 
 class _ConversationCollector:
-    """Conversations and the prefix cache, read from the engine's snapshot when scraped."""
+    """Preemptions, conversations and the prefix cache, read from the engine's snapshot when scraped."""
 
     def __init__(self, stats: Callable[[], EngineStats], model_name: str):
         self._stats = stats
@@ -145,6 +147,9 @@ class _ConversationCollector:
     def collect(self):
         s = self._stats()
         g, c = GaugeMetricFamily, CounterMetricFamily
+        yield self._family(c, "csm:num_preemptions", "Paused requests that gave their slot to a waiting one "
+                                                     "(like vllm:num_preemptions).", s.preemptions)
+        yield self._family(c, "csm:num_resumes", "Preempted requests that took a slot again.", s.resumes)
         yield self._family(g, "csm:conversations", "Open conversations (Converse calls).", s.conversations)
         yield self._family(g, "csm:conversations_holding_slots", "Conversations holding a slot between turns.",
                            s.conversations_holding_slots)

@@ -40,6 +40,10 @@ class FakeRunner:
     device = torch.device("cpu")
     max_seq = 512
     kv_blocks = None  # no prefix cache
+    swap = None  # no preemption
+
+    def drop_swapped(self, req) -> None:
+        pass
 
     def new_state(self, prompt, sampling, seed):
         return SimpleNamespace(seed=seed, prompt=prompt, last_frame=None)

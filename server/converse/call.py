@@ -40,7 +40,7 @@ from server.converse.sentences import SentenceSplitter
 from server.engine.stream import RequestStream
 from server.engine.types import (
     ContextSegment, EngineUnavailable, Finished, FinishReason, InvalidRequest, OutputEncoding, SynthesisParams,
-    Violation,
+    TooManyConversations, Violation,
 )
 from server.errors import ConversationExpired, SynthesisFailed, status_proto
 from server.front.delivery import AudioDelivery
@@ -309,17 +309,28 @@ class ConverseCall:
                 continue
             turn = self._turns.popleft()
             self._turn_started.set()
+            try:
+                self._conv.wake()  # a permit again, if it rested
+            except TooManyConversations as exc:
+                await self._error(turn.turn_id, exc)
+                continue
             if isinstance(turn, _ContextTurn):
                 await self._run_context(turn)
             else:
                 await self._run_speak(turn)
 
     async def _next_turn(self) -> None:
+        """Waits for a turn (or the drain); idle past --conversation-idle-s, the conversation rests:
+        its permit goes back, so idle calls never lock other conversations out."""
         self._turn_added.clear()
         added = asyncio.ensure_future(self._turn_added.wait())
         draining = asyncio.ensure_future(self._door.draining.wait())
+        idle_s = self._limits.conversation_idle_s or None
         try:
-            await asyncio.wait({added, draining}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({added, draining}, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                self._conv.rest()
+                await asyncio.wait({added, draining}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             added.cancel()
             draining.cancel()

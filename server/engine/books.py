@@ -15,7 +15,10 @@ import time
 
 from server.engine.admission import Admission
 from server.engine.messages import StreamEnd
+from collections.abc import Callable
+
 from server.engine.mimi_decode import MimiDecoder
+from server.engine.preemption import Preemption
 from server.engine.request import Request, RequestStatus
 from server.engine.scheduler import Scheduler
 from server.engine.sessions import Sessions
@@ -26,12 +29,14 @@ log = logging.getLogger(__name__)
 
 class RequestBooks:
     def __init__(self, scheduler: Scheduler, sessions: Sessions, admission: Admission, mimi: MimiDecoder,
-                 watermarked: bool):
+                 watermarked: bool, drop_swapped: Callable[[Request], None], preemption: Preemption):
         self._scheduler = scheduler
         self._sessions = sessions
         self._admission = admission  # one-shot requests; conversations are bounded by their own count
         self._mimi = mimi
         self._watermarked = watermarked
+        self._drop_swapped = drop_swapped  # frees the host copy of a preempted request's rows
+        self._preemption = preemption
         self._requests: dict[int, Request] = {}  # every request not finished, by id
 
     def open(self, req: Request) -> None:
@@ -53,6 +58,7 @@ class RequestBooks:
             context = self._sessions.finished(req, reason, req.t_finished)
         else:
             self._admission.release()
+        self._drop_swapped(req)
         req.state = None
         del self._requests[req.id]
         if error:
@@ -75,12 +81,17 @@ class RequestBooks:
         running = self._scheduler.running
         prefilling = sum(r.status is RequestStatus.PREFILLING for r in running)
         one_shot = sum(r.turn is None for r in running)
+        # Admitted one-shot requests with no slot, beyond what free (or idle conversations') slots take.
+        unslotted = self._admission.count - one_shot - len(self._scheduler.preempted)
+        takeable = self._scheduler.slots.num_free + self._scheduler.num_idle_held()
         prefix = self._scheduler.prefix
         return EngineStats(
             slots_in_use=self._scheduler.slots.num_used, max_slots=self._scheduler.slots.num_slots,
-            requests_waiting=max(0, self._admission.count - one_shot),
+            requests_waiting=max(0, unslotted - takeable),
             requests_prefilling=prefilling, requests_decoding=len(running) - prefilling,
             requests_paused=sum(r.paused_since is not None for r in running),
+            requests_preempted=len(self._scheduler.preempted), preemptions=self._preemption.preemptions,
+            resumes=self._preemption.resumes,
             conversations=len(self._sessions), conversations_holding_slots=self._sessions.holding_slots,
             prefix_cache=prefix.stats() if prefix is not None else None,
         )

@@ -54,6 +54,14 @@ class EngineConfig:
     # reader_stall_s ends as STALLED (0: never), so a stalled reader cannot hold a slot forever.
     stream_buffer_s: float = 10.0
     reader_stall_s: float = 30.0
+    # Preemption (server/engine/preemption.py): a stream whose reader has at least preempt_ahead_s
+    # of audio unread gives its slot to a waiting request; its KV waits in host memory
+    # (preempt_swap_mb in all) and it resumes exactly where it stopped once its reader is down to
+    # half of that. At most preempt_max streams are preempted at once (default: max_slots; 0 or
+    # preempt_swap_mb 0: never); each keeps its Mimi row, so Mimi has max_slots + preempt_max rows.
+    preempt_ahead_s: float = 2.0
+    preempt_swap_mb: int = 1024
+    preempt_max: int | None = None
     # Output
     watermark_first_chunk_frames: int = 3  # first watermarked chunk: small for time to first audio
     watermark_chunk_frames: int = 12  # later chunks (~1 s carries silentcipher's whole message)
@@ -86,7 +94,10 @@ class EngineConfig:
             raise ValueError("stream_buffer_s and reader_stall_s must be >= 0")
         if self.max_queue < 0:
             raise ValueError("max_queue must be >= 0")
-        for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s"):
+        if self.preempt_max is None:
+            self.preempt_max = self.max_slots
+        for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s",
+                     "preempt_ahead_s", "preempt_swap_mb", "preempt_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_budget < self.prefill_chunk:

@@ -5,6 +5,7 @@
     conv.add_context("turn-1", (ContextSegment(1, "Hi!", audio),))
     for event in conv.speak("turn-2", SynthesisParams(text="Hello. How are you?")): ...
     conv.interrupt("turn-2", heard_ms=1200)
+    conv.rest(); conv.wake()                                # idle: its permit back; a turn again (TooManyConversations)
     conv.close()                                            # the slot is free within one step
 
 Each call posts one message to the engine thread and returns the RequestStream of that turn:
@@ -23,21 +24,30 @@ from collections.abc import Callable
 
 from csm_core.constants import FRAME_MS
 from server.engine import rules
+from server.engine.admission import Admission
 from server.engine.messages import Control, SessionClose, SessionInterrupt, Submitted, Turn, TurnKind
 from server.engine.request import draw_seed
 from server.engine.stream import RequestStream
-from server.engine.types import ContextSegment, EngineLimits, InvalidRequest, SynthesisParams, Violation
+from server.engine.types import (
+    ContextSegment, EngineLimits, InvalidRequest, SynthesisParams, TooManyConversations, Violation,
+)
+
+RETRY_S_CONVERSATION = 5.0  # what a caller is told to wait when every conversation permit is taken
 
 
 class Conversation:
     def __init__(self, session: int, label: str, limits: EngineLimits, post: Callable[[Control], None],
-                 next_id: Callable[[], int], on_close: Callable[[], None], pause_after_s: float = 0.0):
+                 next_id: Callable[[], int], permits: Admission, pause_after_s: float = 0.0):
+        """`permits`: the server's conversation permits; this conversation holds one (taken by
+        Engine.open_conversation) except while it rests."""
         self.session = session
         self.label = label
         self._limits = limits
         self._post = post
         self._next_id = next_id
-        self._on_close = on_close
+        self._permits = permits
+        self._holds_permit = True
+        self._permit_lock = threading.Lock()
         self._pause_after_s = pause_after_s  # flow control of each piece's audio (server/engine/stream.py)
         self._closed = threading.Event()
 
@@ -74,12 +84,31 @@ class Conversation:
         """Takes a failed turn's pieces out of the context."""
         return self._cut(turn_id, None, remove=True)
 
+    def rest(self) -> None:
+        """Idle past --conversation-idle-s: the conversation gives its permit back, so idle calls
+        never lock others out; its context stays. Idempotent."""
+        with self._permit_lock:
+            if self._holds_permit:
+                self._holds_permit = False
+                self._permits.release()
+
+    def wake(self) -> None:
+        """Takes a permit again for a turn after resting. Raises TooManyConversations."""
+        with self._permit_lock:
+            if self._holds_permit:
+                return
+            if not self._permits.try_admit():
+                raise TooManyConversations(f"the server holds {self._permits.capacity} active conversations, its "
+                                           "limit; this one rested while idle: retry the turn shortly",
+                                           RETRY_S_CONVERSATION)
+            self._holds_permit = True
+
     def close(self) -> None:
         """Ends the conversation: its running turn is cancelled, its slot freed. Idempotent."""
         if not self._closed.is_set():
             self._closed.set()
             self._post(SessionClose(self.session))
-            self._on_close()
+            self.rest()
 
     @property
     def closed(self) -> bool:

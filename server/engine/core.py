@@ -27,6 +27,7 @@ from server.engine.messages import (
     SessionOpen, StreamFailed, StreamRef, Submitted, TurnKind,
 )
 from server.engine.mimi_decode import MimiDecoder
+from server.engine.preemption import Preemption
 from server.engine.prep import PrepWorker
 from server.engine.request import Request, RequestStatus
 from server.engine.runner import ModelRunner, StepResult
@@ -43,7 +44,7 @@ IDLE_WAIT_S = 0.1  # how long an idle engine waits for a message before looking 
 class EngineCore:
     def __init__(self, control: ControlChannel, runner: ModelRunner, scheduler: Scheduler, sessions: Sessions,
                  admission: Admission, prep: PrepWorker, mimi: MimiDecoder, watermarked: bool,
-                 torch_threads: int | None, reader_stall_s: float = 0.0):
+                 torch_threads: int | None, reader_stall_s: float = 0.0, preempt_ahead_s: float = 0.0):
         self._control = control  # what prep, Mimi, output and the callers' streams post to
         self.runner = runner
         self.reader_stall_s = reader_stall_s  # a request paused this long for its reader ends (0: never)
@@ -52,7 +53,9 @@ class EngineCore:
         self.prep = prep
         self.mimi = mimi
         self.watermarked = watermarked
-        self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked)
+        self.preemption = Preemption(scheduler, runner, preempt_ahead_s)
+        self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked, runner.drop_swapped,
+                                   self.preemption)
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.frame_observers: list[Callable[[str, torch.Tensor], None]] = []
         self.fatal_observers: list[Callable[[BaseException], None]] = []
@@ -93,6 +96,7 @@ class EngineCore:
             self._drain_control()
             self.sessions.release_idle(time.monotonic())
             self._end_stalled()
+            self.preemption.step()
             if not self.scheduler.has_work():
                 self._publish()
                 self._control.wait(IDLE_WAIT_S)
@@ -187,7 +191,7 @@ class EngineCore:
         if not self.reader_stall_s:
             return
         now = time.monotonic()
-        for req in [r for r in self.scheduler.running if r.paused_since is not None]:
+        for req in [r for r in self.scheduler.running + self.scheduler.preempted if r.paused_since is not None]:
             if now - req.paused_since > self.reader_stall_s:
                 self._books.finish(req, FinishReason.STALLED,
                              f"the client read its audio too slowly: {req.sink.unread_ms / 1000:.1f} s of it "
@@ -219,7 +223,7 @@ class EngineCore:
             self.sessions.slot_lost(session)
         for req in plan.admitted:
             req.t_admitted = now
-            req.stream = StreamRef(req.id, req.label, req.slot, req.params.output_sample_rate, req.sink)
+            req.stream = StreamRef(req.id, req.label, req.row, req.params.output_sample_rate, req.sink)
 
     def _commit_prefix(self, plan: SchedulerOutput, result: StepResult) -> None:
         """Blocks copied this step are released; blocks written are found from now on,

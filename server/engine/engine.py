@@ -26,7 +26,7 @@ from server.engine import rules
 from server.engine.admission import Admission
 from server.engine.config import EngineConfig
 from server.engine.control import ControlChannel
-from server.engine.conversation import Conversation
+from server.engine.conversation import RETRY_S_CONVERSATION, Conversation
 from server.engine.core import EngineCore
 from server.engine.messages import SessionOpen, Submitted
 from server.engine.mimi_decode import MimiDecoder
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 WARMUP_AUDIO_MS = 2 * FRAME_MS
 # Seconds a rejected caller is told to wait per request queued ahead of it (RetryInfo).
 RETRY_S_PER_WAITING = 0.5
-RETRY_S_CONVERSATION = 5.0  # ... and when every conversation is taken
 
 
 def build(config: EngineConfig, parts: EngineParts | None = None) -> Engine:
@@ -69,19 +68,21 @@ class Engine:
         self._conversations = Admission(config.max_conversations)
         blocks = parts.runner.kv_blocks  # the prefix cache's rows (None: off)
         prefix = PrefixIndex(blocks.num_blocks, blocks.block_positions, blocks.block_bytes) if blocks else None
+        preemptable = config.preempt_max if parts.runner.swap is not None else 0
         scheduler = Scheduler(config.max_slots, config.prefill_chunk, config.prefill_budget, config.idle_prefill_budget,
-                              prefix)
+                              prefix, preemptable)
         block_positions = blocks.block_positions if blocks else 0
         sessions = Sessions(scheduler, self._info.limits, block_positions)
         self._control = ControlChannel()  # first: every thread below reports through it
         report = self._control.post
         self._output = OutputStage(parts.watermarker, config.watermark_first_chunk_frames, config.watermark_chunk_frames,
                                    report, torch_threads, self.threads.output_workers)
-        self._mimi = MimiDecoder(parts.codec, config.max_slots, self._output, report, config.mimi_frames_per_call,
-                                 torch_threads)
+        self._mimi = MimiDecoder(parts.codec, scheduler.rows.num_slots, self._output, report,
+                                 config.mimi_frames_per_call, torch_threads)
         self._prep = PrepWorker(parts.tokenizer, parts.codec, self._info.limits, report, torch_threads, block_positions)
         self._core = EngineCore(self._control, parts.runner, scheduler, sessions, self._admission, self._prep,
-                                self._mimi, parts.watermarker is not None, torch_threads, config.reader_stall_s)
+                                self._mimi, parts.watermarker is not None, torch_threads, config.reader_stall_s,
+                                config.preempt_ahead_s)
         self._ids = itertools.count(1)
         self._ready = threading.Event()
         self._accepting = False
@@ -201,4 +202,4 @@ class Engine:
         session = next(self._ids)
         self._control.post(SessionOpen(session, label))
         return Conversation(session, label, self._info.limits, self._control.post, lambda: next(self._ids),
-                            self._conversations.release, self.config.stream_buffer_s)
+                            self._conversations, self.config.stream_buffer_s)

@@ -170,7 +170,7 @@ class StreamRef:
 
     id: int
     label: str  # the caller's request_id, for logs
-    slot: int
+    row: int  # its row in Mimi's batch (and so its output worker), kept from its first slot to its end
     sample_rate: int  # output rate
     sink: EventSink
 

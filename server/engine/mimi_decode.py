@@ -1,4 +1,4 @@
-"""The Mimi thread: streaming decode of every slot at once, pipelined with the model steps.
+"""The Mimi thread: streaming decode of every stream at once (a row each), pipelined with the model steps.
 
 The engine thread hands over each step's frames (`decode`) and goes on with the next step while
 this thread decodes earlier ones: on CPU the model step and Mimi overlap instead of adding up.
@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 
 
 class MimiDecoder:
-    def __init__(self, codec: MimiCodec, max_slots: int, output: OutputStage, report: Callable[[Control], None],
+    def __init__(self, codec: MimiCodec, num_rows: int, output: OutputStage, report: Callable[[Control], None],
                  max_frames_per_call: int, torch_threads: int | None = None):
-        self.max_slots = max_slots
+        self.num_rows = num_rows  # one per stream with a slot or preempted (server/engine/scheduler.py)
         self.output = output
         self._report = report  # the engine's control channel
         self.max_frames_per_call = max_frames_per_call
-        self._stream = codec.stream_decoder(max_slots)
+        self._stream = codec.stream_decoder(num_rows)
         self._device = codec.device
         self._queue: queue.SimpleQueue[MimiStep | StreamEnd | Barrier | Stop] = queue.SimpleQueue()
         # A call's worth of steps may wait: when Mimi is the bottleneck the next full call is
@@ -96,7 +96,7 @@ class MimiDecoder:
                 item.done.set()
             else:
                 steps, ended, carry = self._gather(item)
-                shape = (max(row.stream.slot for row in item.rows) + 1, len(steps))
+                shape = (max(row.stream.row for row in item.rows) + 1, len(steps))
                 self._credits.release(len(steps), PACE * self._cost.expected_step_s(shape))
                 busy = self.busy_s
                 self._decode(steps)
@@ -139,9 +139,9 @@ class MimiDecoder:
         t0 = time.perf_counter()
         n = len(steps)
         # Rows of streams that end inside the call decode padding (zeros) after their last
-        # frame: that output is dropped, and the slot is reset before it is used again.
-        batch = torch.zeros(self.max_slots, NUM_CODEBOOKS, n, dtype=torch.long, device=self._device)  # [slots, 32, T]
-        active = torch.zeros(self.max_slots, dtype=torch.bool, device=self._device)
+        # frame: that output is dropped, and the row is reset before it is used again.
+        batch = torch.zeros(self.num_rows, NUM_CODEBOOKS, n, dtype=torch.long, device=self._device)  # [rows, 32, T]
+        active = torch.zeros(self.num_rows, dtype=torch.bool, device=self._device)
         bad: dict[int, str] = {}  # stream id -> what is wrong with its codes
         for t, step in enumerate(steps):
             for row in step.rows:
@@ -151,8 +151,8 @@ class MimiDecoder:
                 if problem is not None:
                     bad.setdefault(row.stream.id, f"audio decoding failed: {problem}")
                     continue
-                batch[row.stream.slot, :, t] = row.codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
-                active[row.stream.slot] = True
+                batch[row.stream.row, :, t] = row.codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
+                active[row.stream.row] = True
         for sid, error in bad.items():
             self._fail((sid,), error)
         rows = [row for row in steps[0].rows if row.stream.id not in self._failed]
@@ -161,10 +161,10 @@ class MimiDecoder:
         self.calls += 1
         self.frames += n
         try:
-            starting = [row.stream.slot for row in rows if row.first]
+            starting = [row.stream.row for row in rows if row.first]
             if starting:
                 self._stream.reset(starting)
-            pcm = self._stream.decode(batch, active).float().cpu()  # [slots, T * 1920]
+            pcm = self._stream.decode(batch, active).float().cpu()  # [rows, T * 1920]
         except Exception as e:
             log.exception("Mimi decode failed")
             self._fail(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}")
@@ -174,7 +174,7 @@ class MimiDecoder:
         made = Counter(row.stream.id for step in steps for row in step.rows)  # frames per stream in this call
         for row in rows:  # every stream of the call is in its first step; its frames come first
             frames = made[row.stream.id]
-            self.output.frames(PcmFrames(row.stream, pcm[row.stream.slot, : frames * FRAME_SAMPLES], frames))
+            self.output.frames(PcmFrames(row.stream, pcm[row.stream.row, : frames * FRAME_SAMPLES], frames))
 
 
 def _frame_problem(codes: torch.Tensor) -> str | None:

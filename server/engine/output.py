@@ -10,7 +10,7 @@ watermark sees the same chunks on every run. Each chunk is watermarked on its ow
 stream only (silentcipher normalizes by the input's power and its BatchNorm uses the input's
 statistics, so streams are never mixed).
 
-A stream always goes to the same worker (slot modulo workers), so its chunks stay in order,
+A stream always goes to the same worker (its Mimi row modulo workers), so its chunks stay in order,
 while different streams are watermarked in parallel. A failure here ends that stream only: the
 worker drops its audio and reports the failure to the engine, which ends the request; its
 Finished event comes back through the usual StreamEnd.
@@ -84,10 +84,10 @@ class OutputStage:
 
     # -- Mimi thread ---------------------------------------------------------------------
     def frames(self, msg: PcmFrames) -> None:
-        self._workers[msg.stream.slot % len(self._workers)].queue.put(msg)
+        self._workers[msg.stream.row % len(self._workers)].queue.put(msg)
 
     def end(self, msg: StreamEnd) -> None:
-        self._workers[msg.stream.slot % len(self._workers)].queue.put(msg)
+        self._workers[msg.stream.row % len(self._workers)].queue.put(msg)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait until everything queued so far is delivered."""

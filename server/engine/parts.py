@@ -77,7 +77,8 @@ def load_parts(config: EngineConfig) -> EngineParts:
     )
     return EngineParts(
         runner=ModelRunner(model, config.max_slots, max_seq, config.cuda_graphs,
-                           prefix_cache_bytes=config.prefix_cache_mb * 2**20, prefill_chunk=config.prefill_chunk),
+                           prefix_cache_bytes=config.prefix_cache_mb * 2**20, prefill_chunk=config.prefill_chunk,
+                           swap_bytes=config.preempt_swap_mb * 2**20 if config.preempt_max else 0),
         tokenizer=tokenizer, codec=codec, watermarker=watermarker, card=card,
     )
 

@@ -24,6 +24,7 @@ class RequestStatus(enum.Enum):
     WAITING = "waiting"  # prepared, no slot yet
     PREFILLING = "prefilling"  # has a slot; prompt positions still to compute
     DECODING = "decoding"  # produces one frame per step
+    PREEMPTED = "preempted"  # ahead of its reader, slot given back, its KV in host memory
     FINISHED = "finished"
 
 
@@ -38,6 +39,7 @@ class Request:
     status: RequestStatus = RequestStatus.PREPARING
     prompt_len: int = 0  # absolute end of the prompt (its last position + 1), known once prepared
     slot: int | None = None
+    row: int | None = None  # its stream's row in Mimi's batch, from its first slot to its end (kept when preempted)
     stream: StreamRef | None = None  # set when it gets a slot
     # Prompt positions already in the slot's KV (absolute): the prompt's start (0, or where a
     # conversation's kept rows end), then cached prefix rows copied at admission, then chunks.
@@ -49,6 +51,7 @@ class Request:
     block_hashes: tuple[bytes, ...] = ()
     num_frames: int = 0  # generated frames (EOS not counted)
     paused_since: float | None = None  # its reader is behind: no frames until it catches up
+    swapped: bool = False  # preempted: its KV rows wait in host memory (the runner's KVSwap) for a slot
     finish_reason: FinishReason | None = None
     error: str | None = None
     violations: tuple[Violation, ...] = ()

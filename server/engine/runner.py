@@ -16,6 +16,7 @@ from csm_core.model import CSMModel
 from csm_core.sampling import SamplingParams, draw_frame_noise, make_generator
 from csm_core.step import DecodeStep
 from server.engine.kv_blocks import KVBlockPool
+from server.engine.kv_swap import KVSwap, Rows
 from server.engine.request import Request
 from server.engine.scheduler import SchedulerOutput
 
@@ -28,6 +29,7 @@ class SlotState:
     sampling: SamplingParams
     generator: torch.Generator
     last_frame: torch.Tensor | None = None  # [32] codes to feed back next step
+    swapped: Rows | None = None  # its KV rows in host memory while it is preempted
 
 
 @dataclass(slots=True)
@@ -41,7 +43,7 @@ class StepResult:
 
 class ModelRunner:
     def __init__(self, model: CSMModel, max_slots: int, max_seq: int, cuda_graphs: bool = True,
-                 prefix_cache_bytes: int = 0, prefill_chunk: int = 64):
+                 prefix_cache_bytes: int = 0, prefill_chunk: int = 64, swap_bytes: int = 0):
         self.model = model
         self.device = model.audio_head.device
         self.max_slots = max_slots
@@ -50,6 +52,21 @@ class ModelRunner:
         self.max_seq = model.max_seq
         pool = KVBlockPool(model, prefix_cache_bytes, prefill_chunk) if prefix_cache_bytes > 0 else None
         self.kv_blocks = pool if pool is not None and pool.num_blocks > 0 else None  # the prefix cache's rows
+        self.swap = KVSwap(model, swap_bytes) if swap_bytes > 0 else None  # preempted requests' rows (None: off)
+
+    def swap_out(self, req: Request) -> bool:
+        """Copies a decoding request's KV rows to host memory, if the budget holds them."""
+        positions = req.prompt_len + req.num_frames - 1  # its last frame is fed at the next step
+        if self.swap is None or not self.swap.can_hold(positions):
+            return False
+        req.state.swapped = self.swap.swap_out(req.slot, positions)
+        return True
+
+    def drop_swapped(self, req: Request) -> None:
+        """A request ends: the host copy of its rows, if any, is freed."""
+        if req.state is not None and req.state.swapped is not None:
+            self.swap.release(req.state.swapped)
+            req.state.swapped = None
 
     def new_state(self, prompt: Prompt, sampling: SamplingParams, seed: int) -> SlotState:
         """The tensors a request keeps between steps (engine thread, when it is prepared)."""
@@ -62,6 +79,9 @@ class ModelRunner:
         producers: list[Request] = []
         hs: list[torch.Tensor] = []
         failed: list[tuple[Request, str]] = []
+        for req in plan.swap_ins:
+            rows, req.state.swapped, req.swapped = req.state.swapped, None, False
+            self.swap.swap_in(req.slot, rows)
         for load in plan.loads:
             try:
                 self.kv_blocks.load(load.request.slot, load.blocks)

@@ -23,6 +23,12 @@ step.
   nobody and gets the larger idle budget (a burst into an idle server is admitted in one step).
 - Keeping prefixes. A whole aligned chunk of a prompt that starts at 0 is saved to the prefix
   cache in the step that computes it, unless a block holds it already.
+- Preemption. A one-shot request ahead of its reader can give its slot back (`preempt`; the
+  engine decides when: server/engine/preemption.py); its KV waits in host memory and its
+  stream keeps its Mimi row. Once its reader catches up it queues again (`resume`) and, given
+  a slot, copies its KV back and decodes on at once (`swap_ins`).
+- Rows. A stream's audio is decoded in a Mimi row of its own from its first slot to its end,
+  so a preempted stream resumes in the same decoder state: rows = slots + preemptable streams.
 """
 
 from __future__ import annotations
@@ -54,6 +60,10 @@ class SlotPool:
     @property
     def num_used(self) -> int:
         return self.num_slots - len(self._free)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
 
 
 @dataclass(slots=True, frozen=True)
@@ -90,6 +100,7 @@ class SchedulerOutput:
     prefill: list[PrefillChunk] = field(default_factory=list)
     saves: list[BlockSave] = field(default_factory=list)
     decode: list[Request] = field(default_factory=list)  # feed back their last frame, make a new one
+    swap_ins: list[Request] = field(default_factory=list)  # resumed: copy their KV back into their new slot
     reclaimed: list[int] = field(default_factory=list)  # sessions whose idle slot was taken
 
     @property
@@ -99,10 +110,13 @@ class SchedulerOutput:
 
 class Scheduler:
     def __init__(self, num_slots: int, prefill_chunk: int, prefill_budget: int,
-                 idle_prefill_budget: int | None = None, prefix: PrefixIndex | None = None):
+                 idle_prefill_budget: int | None = None, prefix: PrefixIndex | None = None, max_preempted: int = 0):
         if prefix is not None and prefix.block_positions != prefill_chunk:
             raise ValueError("prefix cache blocks must be prefill_chunk positions long")
         self.slots = SlotPool(num_slots)
+        self.max_preempted = max_preempted
+        self.rows = SlotPool(num_slots + max_preempted)  # Mimi rows
+        self.preempted: list[Request] = []  # slot given back, waiting for their reader
         self.prefill_chunk = prefill_chunk
         self.prefill_budget = prefill_budget
         self.idle_prefill_budget = max(prefill_budget, idle_prefill_budget or 0)
@@ -184,8 +198,13 @@ class Scheduler:
 
     def _start(self, req: Request, slot: int, out: SchedulerOutput) -> None:
         req.slot = slot
-        req.status = RequestStatus.PREFILLING
         self.running.append(req)
+        if req.swapped:  # a resumed request: its KV comes back, it decodes this step
+            req.status = RequestStatus.DECODING
+            out.swap_ins.append(req)
+            return
+        req.status = RequestStatus.PREFILLING
+        req.row = self.rows.allocate()
         out.admitted.append(req)
         if self.prefix is not None and req.block_hashes and req.num_prefilled == 0:
             blocks = self.prefix.match(req.block_hashes, (req.prompt_len - 1) // self.prefill_chunk)
@@ -203,14 +222,50 @@ class Scheduler:
             out.saves.append(BlockSave(chunk, block))
 
     def finish(self, req: Request) -> None:
-        """A request ends: its slot is freed, unless its session holds it; or it leaves the queue."""
+        """A request ends: its slot is freed, unless its session holds it; or it leaves the queue
+        (or the preempted); its Mimi row is freed (its end follows its frames through Mimi, and
+        the row's next stream resets it at its first frame)."""
         if req in self.running:
             self.running.remove(req)
             if req.session is None or self.held.get(req.session) != req.slot:
                 self.slots.free(req.slot)
         elif req in self.waiting:
             self.waiting.remove(req)
+        elif req in self.preempted:
+            self.preempted.remove(req)
+        if req.row is not None:
+            self.rows.free(req.row)
         req.status = RequestStatus.FINISHED
+
+    def num_idle_held(self) -> int:
+        """Slots held by conversations with no turn in the engine: a waiting request may take one."""
+        busy = {r.session for r in self.running} | {r.session for r in self.waiting}
+        return sum(s not in busy for s in self.held)
+
+    def can_preempt(self) -> bool:
+        return len(self.preempted) < self.max_preempted
+
+    def slots_wanted(self) -> int:
+        """Waiting requests that no free slot will take (a session holding its slot takes its own)."""
+        wanting = sum(r.session is None or r.session not in self.held for r in self.waiting)
+        return max(0, wanting - self.slots.num_free)
+
+    def preempt(self, req: Request) -> None:
+        """A decoding one-shot request gives its slot back (the engine has copied its KV out)."""
+        if req.status is not RequestStatus.DECODING or req.session is not None or not self.can_preempt():
+            raise RuntimeError(f"request {req.id} cannot be preempted ({req.status.value})")
+        self.running.remove(req)
+        self.slots.free(req.slot)
+        req.slot, req.swapped = None, True
+        req.status = RequestStatus.PREEMPTED
+        self.preempted.append(req)
+
+    def resume(self, req: Request) -> None:
+        """A preempted request's reader caught up: it queues for a slot like a new request (its
+        reader still has audio to play; a new request has none yet)."""
+        self.preempted.remove(req)
+        req.status = RequestStatus.WAITING
+        self.waiting.append(req)
 
     def release(self, session: int) -> bool:
         """A session gives its slot back (closed, idle). Its turn must have ended. True when it held one."""

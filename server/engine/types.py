@@ -201,6 +201,9 @@ class EngineStats:
     conversations: int = 0  # open
     conversations_holding_slots: int = 0
     prefix_cache: PrefixCacheStats | None = None  # None: the prefix cache is off
+    requests_preempted: int = 0  # paused, slot given back, KV in host memory
+    preemptions: int = 0  # since the engine started
+    resumes: int = 0  # preempted requests that took a slot again, since the engine started
 
 
 @dataclass(slots=True, frozen=True)

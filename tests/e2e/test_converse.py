@@ -214,3 +214,33 @@ def test_conversation_limits():
     finally:
         server.stop()
         engine.shutdown()
+
+
+def test_an_idle_conversation_gives_its_permit_back():
+    """--max-conversations 1: a call that only sent its config rests after --conversation-idle-s,
+    so another conversation can run; its own next turn waits for a permit (RESOURCE_EXHAUSTED with
+    RetryInfo for that turn alone) and, once one is free, speaks in the same conversation."""
+    engine = start_tiny_engine(max_slots=2, max_conversations=1, conversation_idle_s=0.5)
+    server = LoopbackServer(engine).start()
+    try:
+        with SpeechClient(server.target) as client:
+            idle = client.converse(timeout=60)
+            messages = iter(idle)
+            assert next(messages).HasField("started")
+            time.sleep(1.5)  # idle past --conversation-idle-s: it rests
+            other = client.converse(timeout=60)
+            other.speak("I can talk now.", max_audio_ms=SHORT_MS)
+            replies = iter(other)
+            assert next(replies).HasField("started")
+            idle.speak("Me again.", max_audio_ms=SHORT_MS, turn_id="refused")
+            refused = next(messages)
+            assert refused.turn_id == "refused" and refused.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+            other.close()
+            assert any(m.HasField("result") for m in replies)
+            wait_for(lambda: engine.stats().conversations == 1, timeout=10, what="the other conversation to end")
+            idle.speak("Now it is my turn.", max_audio_ms=SHORT_MS, turn_id="spoken")
+            idle.close()
+            assert any(m.turn_id == "spoken" and m.HasField("result") for m in messages)
+    finally:
+        server.stop()
+        engine.shutdown()

@@ -7,9 +7,10 @@ sentence. A real loopback server, real clients (grpc stubs, raw HTTP/1.1 over a 
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import socket
-import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -217,3 +218,22 @@ def test_a_half_closed_streamed_turn_with_no_text_is_empty(server):
                         pb.ConverseRequest(text=pb.TextInput(text="   ")))
     errors = {m.turn_id: field_violations(m.error) for m in messages if m.HasField("error")}
     assert errors == {"silent": {"text": "must not be empty"}}
+
+
+@pytest.mark.parametrize("stage", ["speaking", "streamed text open"])
+def test_a_converse_client_that_goes_away_unread_logs_no_error(server, engine, caplog, stage):
+    sends: queue.SimpleQueue = queue.SimpleQueue()
+    sends.put(pb.ConverseRequest(config=pb.ConversationConfig(max_audio_ms=4000)))
+    sends.put(pb.ConverseRequest(speak=pb.SpeakTurn(text="Nobody listens to me.",
+                                                    more_text=stage == "streamed text open")))
+    with caplog.at_level(logging.INFO):
+        with grpc.insecure_channel(server.target, options=NARROW) as channel:
+            call = speech_pb2_grpc.SpeechStub(channel).Converse(iter(sends.get, None), timeout=60)
+            assert next(call).HasField("started")
+            time.sleep(1.0)  # audio piles up unread
+            call.cancel()
+        wait_for(lambda: engine.stats().conversations == 0 and engine.stats().slots_in_use == 0, timeout=30,
+                 what="the conversation to end")
+        time.sleep(0.5)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]

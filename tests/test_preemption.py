@@ -1,0 +1,86 @@
+"""Preemption on the tiny preset (CPU, fp32, exact mode): a stream paused for its reader gives
+its slot to a waiting request, its KV waits in host memory, and once its reader catches up it
+resumes with the same frames and the same audio as a run that never stopped."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from server.engine.config import EngineConfig
+from server.engine.types import AudioOut, Finished, FinishReason, SynthesisParams
+
+from engines import recording_engine
+
+FRAMES = 30
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = recording_engine(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=1, max_queue=4,
+                                        watermark=False, stream_buffer_s=0.4, preempt_ahead_s=0.3,
+                                        reader_stall_s=30.0))
+    yield eng
+    eng.shutdown()
+
+
+def slow(rid: str) -> SynthesisParams:
+    return SynthesisParams(text="I read slowly, then all at once.", seed=5, temperature=0.8,
+                           max_audio_ms=80 * FRAMES, request_id=rid)
+
+
+def read_all(stream) -> tuple[np.ndarray, Finished]:
+    pcm, fin = [], None
+    for event in stream:
+        if isinstance(event, AudioOut):
+            pcm.append(event.pcm)
+        else:
+            fin = event
+    return np.concatenate(pcm), fin
+
+
+def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def test_a_preempted_stream_resumes_with_the_same_frames_and_audio(engine):
+    alone_pcm, alone = read_all(engine.submit(slow("alone")))
+    before = engine.stats()
+
+    stream = engine.submit(slow("preempted"))
+    first = stream.get(timeout=60)  # the stream is running; now its reader stops
+    assert isinstance(first, AudioOut)
+    wait_for(lambda: engine.stats().requests_paused == 1, what="the stream to pause")
+    other = engine.submit(SynthesisParams(text="I only need a moment.", seed=1, max_audio_ms=480,
+                                          request_id="other"))
+    _, other_end = read_all(other)  # it runs in the one slot while the paused stream is preempted
+    stats = engine.stats()
+    assert other_end.reason in (FinishReason.EOS, FinishReason.LENGTH)
+    assert stats.preemptions == before.preemptions + 1 and stats.requests_preempted == 1
+    rest_pcm, end = read_all(stream)  # the reader catches up: it resumes
+    pcm = np.concatenate([first.pcm, rest_pcm])
+
+    after = engine.stats()
+    assert after.resumes == before.resumes + 1 and after.requests_preempted == 0 and after.slots_in_use == 0
+    assert end.reason is alone.reason and end.frames == alone.frames
+    assert torch.equal(torch.stack(engine.frames["preempted"]), torch.stack(engine.frames["alone"]))
+    assert pcm.shape == alone_pcm.shape and np.abs(pcm - alone_pcm).max() < 1e-5, np.abs(pcm - alone_pcm).max()
+
+
+def test_a_preempted_stream_that_is_cancelled_frees_its_memory(engine):
+    stream = engine.submit(slow("cancelled"))
+    stream.get(timeout=60)
+    wait_for(lambda: engine.stats().requests_paused == 1, what="the stream to pause")
+    other = engine.submit(SynthesisParams(text="Me first.", seed=2, max_audio_ms=2000, request_id="blocker"))
+    wait_for(lambda: engine.stats().requests_preempted == 1, what="the paused stream to be preempted")
+    stream.cancel()
+    wait_for(lambda: engine.stats().requests_preempted == 0, what="the preempted stream to end")
+    assert engine._core.runner.swap.used_bytes == 0
+    read_all(other)
+    wait_for(lambda: engine.stats().slots_in_use == 0, what="the slot to be free")
