@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openai import OpenAI
 
 from csm_client import Connection, SpeechClient
+from server.app import ServerConfig
 from server.http_server import HttpLimits
 
 from .conftest import start_tiny_engine
@@ -199,6 +200,23 @@ def test_headers_must_be_complete_within_the_header_timeout(limited_server):
         with socket.create_connection(("127.0.0.1", port)) as silent:
             received, took = read_until_closed(silent, 5)
         assert received == b"" and took is not None and 0.9 <= took < 2.5, took  # closed without a word
+
+
+def test_a_tls_handshake_gets_the_header_timeout(engine, certs):
+    server = LoopbackServer(engine, http_limits=HttpLimits(header_timeout_s=1.0), **tls_files(certs)).start()
+    try:
+        for port in (server.server.http_port, server.server.metrics_port):
+            with socket.create_connection(("127.0.0.1", port)) as silent:  # no ClientHello
+                received, took = read_until_closed(silent, 5)
+            assert received == b"" and took is not None and 0.9 <= took < 2.5, took
+    finally:
+        server.stop()
+
+
+def test_tls_files_that_do_not_load_are_named(certs):
+    config = ServerConfig(tls_cert=str(certs / "server.key"), tls_key=str(certs / "server.key"))
+    with pytest.raises(ValueError, match="--tls-cert"):
+        config.ssl_context()
 
 
 def test_idle_keep_alive_connections_are_closed(limited_server):
