@@ -309,11 +309,6 @@ def serve_env(port: int, http_port: int, metrics_port: int) -> dict:
             "CSM_METRICS_PORT": str(metrics_port), "CSM_MAX_SLOTS": "2", "CSM_LOG_FORMAT": "json"}
 
 
-def soft_nofile() -> None:
-    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    resource.setrlimit(resource.RLIMIT_NOFILE, (min(SOFT_NOFILE, hard), hard))
-
-
 def timed(fn) -> tuple[float, object]:
     start = time.monotonic()
     result = fn()
@@ -349,8 +344,9 @@ def test_csm_serve_answers_grpc_while_1100_slowloris_connections_are_held(tmp_pa
     port, http_port, metrics_port = free_port(), free_port(), free_port()
     log_path = tmp_path / "csm-serve.log"
     with open(log_path, "wb") as log:
-        process = subprocess.Popen([csm_serve()], env=serve_env(port, http_port, metrics_port), stdout=log,
-                                   stderr=subprocess.STDOUT, preexec_fn=soft_nofile)
+        # bash sets the soft limit (a preexec_fn would run in a fork of this threaded process).
+        process = subprocess.Popen(["bash", "-c", f'ulimit -Sn {SOFT_NOFILE} && exec "$0"', csm_serve()],
+                                   env=serve_env(port, http_port, metrics_port), stdout=log, stderr=subprocess.STDOUT)
     attacker = None
     target = f"127.0.0.1:{port}"
     try:
