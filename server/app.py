@@ -1,6 +1,11 @@
 """One engine behind three listeners on one event loop: the grpc.aio server (csm.v1.Speech,
 csm.v1.Voices, health, reflection, auth, TLS), the OpenAI-compatible HTTP API
-(server/http_api.py, served by uvicorn) and the Prometheus /metrics endpoint (uvicorn as well).
+(server/http_api.py) and the Prometheus /metrics endpoint, both served by uvicorn through
+server/http_server.py (connection limits, header timeout).
+
+Every port has the same transport security: the TLS files (and the client CA of mutual TLS)
+configure gRPC and both HTTP ports alike. Bearer tokens guard gRPC and the HTTP API, and
+/metrics too unless `metrics_auth` is "none".
 
 Lifecycle: `start()` binds the ports with health NOT_SERVING and turns it SERVING once the
 engine has warmed up. `drain()` is the SIGTERM path: health (and HTTP /ready) goes
@@ -12,16 +17,15 @@ shutdown) belongs to the caller.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
+import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import grpc
-import uvicorn
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from csm_wire import speech_pb2, speech_pb2_grpc, voices_pb2, voices_pb2_grpc
@@ -29,8 +33,9 @@ from server import reflection
 from server.auth import BearerTokenInterceptor, BearerTokens
 from server.engine.types import StepStats
 from server.converse.call import ConverseCall
-from server.errors import StatusInterceptor
-from server.http_api import HttpApi
+from server.errors import StatusInterceptor, Unauthenticated, describe
+from server.http_api import HttpApi, failure_response
+from server.http_server import ConnectionCollector, HttpLimits, HttpServer
 from server.listeners import Listeners, port_error
 from server.metrics import Metrics
 from server.openai_speech import OPENAI_TTS_MODELS
@@ -48,6 +53,7 @@ HEALTH_SERVICES = ("", SPEECH_SERVICE)
 # After the engine has finished its in-flight requests, the time the last messages get to leave.
 FINAL_MESSAGES_GRACE_S = 5.0
 READY_POLL_S = 0.1
+METRICS_AUTH = ("token", "none")  # /metrics: the tokens of the API (when it has tokens), or open
 
 
 class ServedEngine(EngineClient, Protocol):
@@ -72,6 +78,8 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None  # PEM; set: clients must present a certificate it signed (mTLS)
     auth_tokens: tuple[str, ...] = ()  # empty: no authentication
+    metrics_auth: str = "token"  # with auth_tokens: /metrics needs a token too ("token") or not ("none")
+    http_limits: HttpLimits = field(default_factory=HttpLimits)  # both HTTP ports
     max_message_bytes: int = 64 * 1024 * 1024
     max_concurrent_rpcs: int = 256  # calls at once, health checks included; more get RESOURCE_EXHAUSTED
     drain_grace_s: float = 30.0
@@ -89,6 +97,8 @@ class ServerConfig:
             value = getattr(self, name)
             if value is not None and not 0 <= value <= 65535:
                 raise ValueError(f"{flag} {value} is outside 0..65535")
+        if self.metrics_auth not in METRICS_AUTH:
+            raise ValueError(f"--metrics-auth must be one of {', '.join(METRICS_AUTH)}, not {self.metrics_auth!r}")
         if any(not name.strip() for name in self.served_model_names):
             raise ValueError("--served-model-name: names must not be empty")
         if self.max_message_bytes < 1024 * 1024:
@@ -108,19 +118,39 @@ class ServerConfig:
             require_client_auth=client_ca is not None,
         )
 
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The HTTP ports' TLS, from the files of server_credentials: TLS 1.2 or later, and with a
+        client CA a certificate it signed is required, as gRPC requires it."""
+        if not self.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_client_ca:
+                context.load_verify_locations(cafile=self.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"--tls-cert / --tls-key / --tls-client-ca do not load as PEM: {exc}") from exc
+        if self.tls_client_ca:
+            context.verify_mode = ssl.CERT_REQUIRED
+        context.set_alpn_protocols(["http/1.1"])
+        return context
 
-class _EmbeddedUvicorn(uvicorn.Server):
-    """uvicorn on the caller's event loop. Signals stay with csm-serve, which drains every API
-    together (uvicorn would otherwise take SIGTERM and SIGINT for itself)."""
 
-    @contextlib.contextmanager
-    def capture_signals(self):
-        yield
+class _MetricsTokenCheck:
+    """/metrics behind the bearer tokens of the API (metrics_auth "token")."""
 
+    def __init__(self, app, tokens: BearerTokens):
+        self._app = app
+        self._tokens = tokens
 
-def _uvicorn(app) -> _EmbeddedUvicorn:
-    return _EmbeddedUvicorn(uvicorn.Config(app, lifespan="off", log_config=None, access_log=False,
-                                           server_header=False, timeout_graceful_shutdown=int(FINAL_MESSAGES_GRACE_S)))
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            problem = self._tokens.problem(authorization)
+            if problem is not None:
+                await failure_response(describe(Unauthenticated(problem)))(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
 
 
 class SpeechServer:
@@ -144,7 +174,9 @@ class SpeechServer:
         self._health = health.aio.HealthServicer()
         self._listeners = listeners
         self._server: grpc.aio.Server | None = None
-        self._http_servers: list[tuple[_EmbeddedUvicorn, socket.socket, asyncio.Task]] = []
+        self._http_servers: dict[str, HttpServer] = {}  # by port: "api", "metrics"
+        self._http_tasks: list[asyncio.Task] = []
+        self.metrics.registry.register(ConnectionCollector(self._http_servers, self.model_names[0]))
         self._ready_task: asyncio.Task | None = None
         self.engine_failed = asyncio.Event()  # set when the engine thread stopped on an error
         self.port: int | None = None
@@ -155,6 +187,11 @@ class SpeechServer:
         cfg = self.config
         listeners = self._listeners or Listeners.claim(cfg.host, cfg.port, cfg.http_port, cfg.metrics_port)
         self._listeners = None
+        try:
+            tls = cfg.ssl_context()
+        except ValueError:
+            listeners.close()
+            raise
         interceptors: list[grpc.aio.ServerInterceptor] = [StatusInterceptor(self.metrics.observe_rpc)]
         if self._tokens is not None:
             interceptors.append(BearerTokenInterceptor(self._tokens))
@@ -188,15 +225,25 @@ class SpeechServer:
             raise port_error("port", cfg.host, cfg.port, OSError(str(exc))) from exc
         await self._server.start()
         if listeners.http is not None:
-            self.http_port = self._serve_http(self._http_api.app, listeners.http, "the HTTP API")
+            self.http_port = self._serve_http("api", self._http_api.app, listeners.http, tls)
         if listeners.metrics is not None:
-            self.metrics_port = self._serve_http(self.metrics.asgi_app(), listeners.metrics, "metrics")
+            metrics_app = self.metrics.asgi_app()
+            if self._tokens is not None and cfg.metrics_auth == "token":
+                metrics_app = _MetricsTokenCheck(metrics_app, self._tokens)
+            self.metrics_port = self._serve_http("metrics", metrics_app, listeners.metrics, tls)
+        scheme = "https" if tls else "http"
+        limits = cfg.http_limits
         log.info(
-            "csm.v1 listening on %s:%d (%s%s)%s%s", cfg.host, self.port, "TLS" if credentials else "plaintext",
+            "csm.v1 listening on %s:%d (%s%s)%s%s%s", cfg.host, self.port, "TLS" if credentials else "plaintext",
             ", client certificates required" if cfg.tls_client_ca else "",
-            f"; OpenAI-compatible HTTP API on http://{cfg.host}:{self.http_port}/v1 (models: "
+            f"; OpenAI-compatible HTTP API on {scheme}://{cfg.host}:{self.http_port}/v1 (models: "
             f"{', '.join(self.model_names)})" if self.http_port else "",
-            f"; metrics on http://{cfg.host}:{self.metrics_port}/metrics" if self.metrics_port else "")
+            f"; metrics on {scheme}://{cfg.host}:{self.metrics_port}/metrics"
+            f"{' (bearer token required)' if self._tokens is not None and cfg.metrics_auth == 'token' else ''}"
+            if self.metrics_port else "",
+            f"; HTTP ports: at most {limits.max_connections} connections each, headers within "
+            f"{limits.header_timeout_s:g} s, keep-alive {limits.keep_alive_s:g} s"
+            if self.http_port or self.metrics_port else "")
         self._ready_task = asyncio.create_task(self._serve_when_ready())
         loop = asyncio.get_running_loop()
         self._engine.add_fatal_observer(lambda exc: loop.call_soon_threadsafe(self._engine_stopped))
@@ -209,10 +256,11 @@ class SpeechServer:
             asyncio.ensure_future(self._health.set(service, health_pb2.HealthCheckResponse.NOT_SERVING))
         self.engine_failed.set()
 
-    def _serve_http(self, app, sock: socket.socket, what: str) -> int:
-        server = _uvicorn(app)
-        task = asyncio.create_task(server.serve(sockets=[sock]), name=f"uvicorn {what}")
-        self._http_servers.append((server, sock, task))
+    def _serve_http(self, port: str, app, sock: socket.socket, tls: ssl.SSLContext | None) -> int:
+        what = {"api": "the HTTP API", "metrics": "metrics"}[port]
+        server = HttpServer(app, sock, what, self.config.http_limits, tls, int(FINAL_MESSAGES_GRACE_S))
+        self._http_servers[port] = server
+        self._http_tasks.append(asyncio.create_task(server.serve(), name=f"uvicorn {what}"))
         return sock.getsockname()[1]
 
     async def _serve_when_ready(self) -> None:
@@ -239,18 +287,20 @@ class SpeechServer:
         """Stops serving; calls still running after `grace` seconds are cancelled."""
         if self._ready_task is not None:
             self._ready_task.cancel()
-        for server, _sock, _task in self._http_servers:
+        for server in self._http_servers.values():
             server.should_exit = True
             server.force_exit = not grace  # no grace: do not wait for open responses
         if self._server is not None:
             await self._server.stop(grace)
-        for server, sock, task in self._http_servers:
+        for task in self._http_tasks:
             try:
                 await asyncio.wait_for(task, FINAL_MESSAGES_GRACE_S + 1)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 task.cancel()
-            sock.close()
+        for server in self._http_servers.values():
+            server.sock.close()
         self._http_servers.clear()
+        self._http_tasks.clear()
         if self._listeners is not None:
             self._listeners.close()
 

@@ -13,11 +13,12 @@ import sys
 import time
 
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
-from server.app import ServedEngine, ServerConfig, SpeechServer
+from server.app import METRICS_AUTH, ServedEngine, ServerConfig, SpeechServer
 from server.auth import load_tokens
 from server.engine.config import EngineConfig
 from server.heap import tune_heap
-from server.listeners import Listeners, PortUnavailable
+from server.http_server import HttpLimits
+from server.listeners import OTHER_FILES, Listeners, PortUnavailable, raise_open_file_limit
 from server.openai_speech import OPENAI_TTS_MODELS
 from server.voices.config import VoicesConfig, default_voices_dir
 from server.voices.registry import VoiceRegistry
@@ -99,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
          "comma-separated model names the HTTP API answers to and lists; the first labels the metrics "
          f"(unset: the --model value, then {', '.join(OPENAI_TTS_MODELS)})", type=_names)
     flag("--metrics-port", "CSM_METRICS_PORT", "9090", "Prometheus /metrics port; 0 disables", type=int)
+    flag("--metrics-auth", "CSM_METRICS_AUTH", "token",
+         "with auth tokens configured: token (/metrics needs one, like the APIs) or none (/metrics open)",
+         choices=METRICS_AUTH)
+    flag("--http-header-timeout-s", "CSM_HTTP_HEADER_TIMEOUT_S", "10",
+         "HTTP and metrics ports: a request's headers must be complete this long after its connection opens "
+         "(or its first byte after a keep-alive pause), else 408 and the connection is closed", type=float)
+    flag("--http-keep-alive-s", "CSM_HTTP_KEEP_ALIVE_S", "5",
+         "HTTP and metrics ports: an idle connection between requests is closed after this long", type=float)
+    flag("--http-max-connections", "CSM_HTTP_MAX_CONNECTIONS", "1000",
+         "open connections per HTTP port (the API, metrics); more are closed as soon as they are accepted",
+         type=int)
     flag("--watermark", "CSM_WATERMARK", "true", "watermark the output with silentcipher",
          type=_bool, action=argparse.BooleanOptionalAction)
     flag("--watermark-key", "CSM_WATERMARK_KEY", ",".join(map(str, CSM_PUBLIC_WATERMARK_KEY)),
@@ -192,6 +204,20 @@ async def serve(engine: ServedEngine, config: ServerConfig, voices: VoiceRegistr
         engine.shutdown()
 
 
+def raise_file_limit(config: ServerConfig) -> None:
+    """Raises the open-files limit for the connections the ports may hold (logged); warns when
+    the hard limit is too low for them."""
+    before, after = raise_open_file_limit()
+    if after != before:
+        log.info("open files limit raised from %d to %d (the hard limit)", before, after)
+    ports = (config.http_port is not None) + (config.metrics_port is not None)
+    needed = ports * config.http_limits.max_connections + OTHER_FILES
+    if after < needed:
+        log.warning("the open files limit is %d, below the %d that --http-max-connections %d on %d HTTP port(s) "
+                    "may need: raise the hard limit (ulimit -Hn, the container runtime's nofile) or lower "
+                    "--http-max-connections", after, needed, config.http_limits.max_connections, ports)
+
+
 def main(argv: list[str] | None = None) -> int:
     tune_heap()  # before any thread allocates (server/heap.py)
     parser = build_parser()
@@ -208,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             auth_tokens=load_tokens(args.auth_tokens_file, os.environ.get("CSM_AUTH_TOKENS")),
+            metrics_auth=args.metrics_auth,
+            http_limits=HttpLimits(header_timeout_s=args.http_header_timeout_s, keep_alive_s=args.http_keep_alive_s,
+                                   max_connections=args.http_max_connections),
             max_message_bytes=args.max_message_bytes,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             drain_grace_s=args.drain_grace_s,
@@ -240,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         voices_config = VoicesConfig(directory=args.voices_dir, max_voices=args.max_voices,
                                      max_bytes=args.max_voice_bytes)
+        server_config.ssl_context()  # TLS files that do not load fail now, not after the model has loaded
     except ValueError as exc:
         parser.error(str(exc))
+    raise_file_limit(server_config)
     try:  # before the model loads: a taken port fails now, not minutes later
         listeners = Listeners.claim(server_config.host, server_config.port, server_config.http_port,
                                     server_config.metrics_port)

@@ -44,6 +44,9 @@ from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_reque
 from server.tempo import with_speed
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
+# A 503 means this replica is draining, warming up or stopped: retry soon, through the load balancer
+# to another replica (OpenAI's SDKs wait this long before their retry).
+UNAVAILABLE_RETRY_AFTER_S = 1
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
 # OpenAI's error `type` and `code` for each HTTP status.
 _ERROR_KINDS = {
@@ -65,9 +68,12 @@ def error_body(status: int, message: str, param: str | None = None, code: str | 
 def failure_response(failure: Failure) -> JSONResponse:
     param = failure.violations[0].field if failure.violations else None
     headers = {}
-    if failure.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(failure.retry_after_s)))  # whole seconds, as HTTP wants
-        headers["retry-after-ms"] = str(round(failure.retry_after_s * 1000))  # read by OpenAI's SDKs
+    retry_after_s = failure.retry_after_s
+    if retry_after_s is None and failure.http_status == 503:
+        retry_after_s = UNAVAILABLE_RETRY_AFTER_S
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))  # whole seconds, as HTTP wants
+        headers["retry-after-ms"] = str(round(retry_after_s * 1000))  # read by OpenAI's SDKs
     return JSONResponse(error_body(failure.http_status, failure.message, param), failure.http_status, headers)
 
 

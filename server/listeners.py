@@ -10,18 +10,46 @@ autotuning it grows to megabytes, tens of seconds of audio that a client which s
 never takes but the server has already given away; fixed, a stalled client's socket fills
 within a few seconds of audio, the response stops being read from its engine stream, and the
 engine pauses the request as it pauses a gRPC stream held back by HTTP/2 flow control.
+
+Every connection is a file descriptor, and the ports share the process's limit: csm-serve
+raises its soft limit on open files to the hard limit at start (raise_open_file_limit), since
+the usual soft default of 1024 is used up by one port's --http-max-connections alone.
 """
 
 from __future__ import annotations
 
 import errno
+import resource
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 SEND_BUFFER_BYTES = 64 * 1024  # per HTTP connection (Linux doubles it); still MB/s at a 100 ms round trip
 # Flag (and environment variable) of each port, for messages that say what to change.
 FLAGS = {"port": "--port (CSM_PORT)", "http_port": "--http-port (CSM_HTTP_PORT)",
          "metrics_port": "--metrics-port (CSM_METRICS_PORT)"}
+
+
+# Open files beyond the connections: the listening sockets, gRPC's connections, model and voice files.
+OTHER_FILES = 256
+
+
+def raise_open_file_limit() -> tuple[int, int]:
+    """Raises RLIMIT_NOFILE's soft limit to the hard limit (to the kernel's per-process
+    maximum, fs.nr_open, when the hard limit is unlimited). Returns (before, after); `after`
+    is `before` when the kernel refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:
+        nr_open = Path("/proc/sys/fs/nr_open")
+        target = int(nr_open.read_text()) if nr_open.is_file() else 1024 * 1024
+    if soft != resource.RLIM_INFINITY and soft >= target:
+        return soft, soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ValueError, OSError):
+        return soft, soft
+    return soft, target
 
 
 class PortUnavailable(OSError):

@@ -257,6 +257,8 @@ def test_voices_on_a_read_only_cache_are_refused(helm, tmp_path):
     ({"autoscaling": {"metric": "gpu"}}, "metric"),
     ({"server": {"quantize": "int4"}}, "quantize"),
     ({"server": {"conversations": {"idleSeconds": 0}}}, "idleSeconds"),
+    ({"server": {"metricsAuth": "basic"}}, "metricsAuth"),
+    ({"server": {"http": {"maxConnections": 0}}}, "maxConnections"),
 ])
 def test_schema_rejects_bad_values(helm, tmp_path, values, needle):
     done = run_template(helm, tmp_path, **values)
@@ -286,7 +288,8 @@ def test_rendered_flags_parse_with_the_server_cli(helm, tmp_path, files):
 
 
 LIMITS = ("quantize", "prefix_cache_mb", "stream_buffer_s", "reader_stall_s", "max_concurrent_rpcs",
-          "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s")
+          "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s", "metrics_auth",
+          "http_header_timeout_s", "http_keep_alive_s", "http_max_connections")
 
 
 def test_chart_defaults_are_the_servers_and_each_value_reaches_its_flag(helm, tmp_path):
@@ -298,11 +301,32 @@ def test_chart_defaults_are_the_servers_and_each_value_reaches_its_flag(helm, tm
     assert {k: getattr(rendered, k) for k in LIMITS} == {k: getattr(defaults, k) for k in LIMITS}
     changed = parser.parse_args(server_container(render(helm, tmp_path, server={
         "quantize": "int8-weight", "prefixCacheMb": 0, "streamBufferSeconds": 2.5, "readerStallSeconds": 0,
-        "maxConcurrentRpcs": 64, "conversations": {"max": 4, "idleSeconds": 5, "maxLifetimeSeconds": 600}}))["args"])
+        "maxConcurrentRpcs": 64, "conversations": {"max": 4, "idleSeconds": 5, "maxLifetimeSeconds": 600},
+        "metricsAuth": "none",
+        "http": {"headerTimeoutSeconds": 2.5, "keepAliveSeconds": 30, "maxConnections": 50}}))["args"])
     assert {k: getattr(changed, k) for k in LIMITS} == {
         "quantize": "int8-weight", "prefix_cache_mb": 0, "stream_buffer_s": 2.5, "reader_stall_s": 0.0,
         "max_concurrent_rpcs": 64, "max_conversations": 4, "conversation_idle_s": 5.0,
-        "conversation_max_lifetime_s": 600.0}
+        "conversation_max_lifetime_s": 600.0, "metrics_auth": "none", "http_header_timeout_s": 2.5,
+        "http_keep_alive_s": 30.0, "http_max_connections": 50}
+
+
+def scrape_endpoint(docs: list[dict]) -> dict:
+    return one(docs, "ServiceMonitor")["spec"]["endpoints"][0]
+
+
+def test_service_monitor_sends_a_token_when_metrics_need_one(helm, tmp_path):
+    docs = render(helm, tmp_path, PRODUCTION)
+    assert flag(server_container(docs), "metrics-auth") == "token"
+    assert scrape_endpoint(docs)["authorization"] == {
+        "type": "Bearer", "credentials": {"name": "csm-auth-tokens", "key": "metrics-token"}}
+    own = render(helm, tmp_path, PRODUCTION, serviceMonitor={"tokenSecret": {"name": "prometheus-csm", "key": "t"}})
+    assert scrape_endpoint(own)["authorization"]["credentials"] == {"name": "prometheus-csm", "key": "t"}
+    open_metrics = render(helm, tmp_path, PRODUCTION, server={"metricsAuth": "none"})
+    assert flag(server_container(open_metrics), "metrics-auth") == "none"
+    assert "authorization" not in scrape_endpoint(open_metrics)
+    no_auth = render(helm, tmp_path, serviceMonitor={"enabled": True})
+    assert "authorization" not in scrape_endpoint(no_auth)
 
 
 def render_notes(helm: Path, tmp_path: Path, *files: Path, **values) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import socket
+import ssl
 import threading
 import time
 import urllib.request
@@ -52,11 +53,21 @@ class LoopbackServer:
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.server.http_port}"
 
-    def metrics(self) -> dict[str, float]:
+    def metrics(self, context: ssl.SSLContext | None = None) -> dict[str, float]:
         """Every sample of /metrics: 'name{label="v",...}' (labels sorted) -> value. Every csm:
-        series must carry the served model's name; it is checked here and left out of the keys."""
-        url = f"http://127.0.0.1:{self.server.metrics_port}/metrics"
-        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        series must carry the served model's name; it is checked here and left out of the keys.
+        Over TLS when the server has it (`context`: the client's; None trusts any server
+        certificate), with the server's first token when /metrics needs one."""
+        config = self._config
+        scheme = "https" if config.tls_cert else "http"
+        if config.tls_cert and context is None:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        request = urllib.request.Request(f"{scheme}://127.0.0.1:{self.server.metrics_port}/metrics")
+        if config.auth_tokens and config.metrics_auth == "token":
+            request.add_header("authorization", f"Bearer {config.auth_tokens[0]}")
+        text = urllib.request.urlopen(request, timeout=10, context=context).read().decode()
         samples = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:

@@ -101,6 +101,10 @@ SIGTERM and the server's drain, then slack for the process to exit.
 - {{ printf "--stream-buffer-s=%v" $s.streamBufferSeconds | quote }}
 - {{ printf "--reader-stall-s=%v" $s.readerStallSeconds | quote }}
 - {{ printf "--max-concurrent-rpcs=%d" (int64 $s.maxConcurrentRpcs) | quote }}
+- {{ printf "--metrics-auth=%v" $s.metricsAuth | quote }}
+- {{ printf "--http-header-timeout-s=%v" $s.http.headerTimeoutSeconds | quote }}
+- {{ printf "--http-keep-alive-s=%v" $s.http.keepAliveSeconds | quote }}
+- {{ printf "--http-max-connections=%d" (int64 $s.http.maxConnections) | quote }}
 - {{ printf "--max-conversations=%d" (int64 $s.conversations.max) | quote }}
 - {{ printf "--conversation-idle-s=%v" $s.conversations.idleSeconds | quote }}
 - {{ printf "--conversation-max-lifetime-s=%v" $s.conversations.maxLifetimeSeconds | quote }}
