@@ -47,6 +47,20 @@ from server.voices.servicer import VoicesServicer
 
 log = logging.getLogger(__name__)
 
+
+class _ClientGoneIsNotAnError(logging.Filter):
+    """gRPC logs a write that fails because the client went away mid-stream (it cancelled, its
+    deadline passed, its connection dropped) as an ERROR from its core. The call is counted as
+    the client saw it (server/errors.py); the event itself is ordinary, so it is logged at INFO."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and record.getMessage().startswith("ExecuteBatchError raised in core"):
+            record.levelno, record.levelname, record.exc_info, record.exc_text = logging.INFO, "INFO", None, None
+        return True
+
+
+logging.getLogger("grpc._cython.cygrpc").addFilter(_ClientGoneIsNotAnError())
+
 SPEECH_SERVICE = speech_pb2.DESCRIPTOR.services_by_name["Speech"].full_name  # "csm.v1.Speech"
 VOICES_SERVICE = voices_pb2.DESCRIPTOR.services_by_name["Voices"].full_name  # "csm.v1.Voices"
 HEALTH_SERVICES = ("", SPEECH_SERVICE)
