@@ -14,7 +14,7 @@ import time
 
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 from server.app import METRICS_AUTH, ServedEngine, ServerConfig, SpeechServer
-from server.auth import load_tokens
+from server.auth import BearerTokens, load_tokens
 from server.engine.config import EngineConfig
 from server.heap import tune_heap
 from server.http_server import HttpLimits
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--tls-key", "CSM_TLS_KEY", None, "server private key (PEM)")
     flag("--tls-client-ca", "CSM_TLS_CLIENT_CA", None, "CA bundle (PEM) that client certificates must chain to (mTLS)")
     flag("--auth-tokens-file", "CSM_AUTH_TOKENS_FILE", None,
-         "file of accepted bearer tokens, one per line (env CSM_AUTH_TOKENS adds comma-separated ones)")
+         "file of accepted bearer tokens, one per line: '<token>' (a tenant of its own) or '<tenant>:<token>' "
+         "(several tokens of one tenant); env CSM_AUTH_TOKENS adds comma-separated ones")
     flag("--stream-buffer-s", "CSM_STREAM_BUFFER_S", "10",
          "seconds of audio a stream may have unread by its client before its generation pauses (0: never)",
          type=float)
@@ -291,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         listeners.close()
         return 1
     if server_config.auth_tokens:
-        log.info("bearer-token authentication on (%d tokens)", len(server_config.auth_tokens))
+        log.info("bearer-token authentication on (%d tokens, %d tenants)", len(server_config.auth_tokens),
+                 len(BearerTokens(server_config.auth_tokens).tenants))
     else:
         log.warning("no auth tokens configured: any client that reaches the port may synthesize")
     from server.voices.mimi_encoder import open_registry

@@ -48,6 +48,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `inpu
 # to another replica (OpenAI's SDKs wait this long before their retry).
 UNAVAILABLE_RETRY_AFTER_S = 1
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
+TENANT_SCOPE_KEY = "csm.tenant"  # the caller's tenant (server/tenants.py), set by _Gate; absent: no tokens
 # OpenAI's error `type` and `code` for each HTTP status.
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
@@ -235,8 +236,9 @@ def _event(data: dict) -> bytes:
 
 
 class _Gate:
-    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS) and
-    counts every response by route template and status."""
+    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS), puts
+    the token's tenant in the scope (TENANT_SCOPE_KEY), and counts every response by route
+    template and status."""
 
     def __init__(self, app: ASGIApp, routes: list[Route], metrics: Metrics, tokens: BearerTokens | None):
         self._app = app
@@ -264,12 +266,12 @@ class _Gate:
             await send(message)
 
         try:
-            problem = None
             if self._tokens is not None and scope["path"] not in OPEN_PATHS:
-                problem = self._tokens.problem(Request(scope).headers.get("authorization"))
-            if problem is None:
-                await self._app(scope, receive, counted_send)
-            else:
-                await failure_response(describe(Unauthenticated(problem)))(scope, receive, counted_send)
+                try:
+                    scope[TENANT_SCOPE_KEY] = self._tokens.tenant(Request(scope).headers.get("authorization"))
+                except Unauthenticated as exc:
+                    await failure_response(describe(exc))(scope, receive, counted_send)
+                    return
+            await self._app(scope, receive, counted_send)
         finally:
             self._metrics.observe_http(self._route(scope), status)
