@@ -1,13 +1,15 @@
 """Tenants without a server: the tokens file's two forms and its mistakes (never quoting a
-token), stable tenant ids that are not the token."""
+token), stable tenant ids that are not the token, and prefix-cache chains that no two tenants
+share."""
 
 from __future__ import annotations
 
 import pytest
 
 from server.auth import BearerTokens, load_tokens, parse_entry
+from server.engine.prefix_cache import chain_hashes
 from server.errors import Unauthenticated
-from server.tenants import token_tenant, valid_tenant_name
+from server.tenants import DEFAULT_TENANT, token_tenant, valid_tenant_name
 
 
 def test_a_token_alone_is_a_tenant_of_its_own_and_a_named_tenant_has_many_tokens():
@@ -75,3 +77,11 @@ def test_tenant_names_follow_the_voice_name_rule():
     assert valid_tenant_name("acme-prod_2") and valid_tenant_name("0")
     for name in ("", "Acme", "a.b", "a b", "-a", "x" * 65, "token-abc", "ä"):
         assert not valid_tenant_name(name), name
+
+
+def test_no_two_tenants_share_a_prefix_chain():
+    data = [b"voice", b"turn"]
+    default, alice, bob = chain_hashes(data), chain_hashes(data, "alice"), chain_hashes(data, "bob")
+    assert default == chain_hashes(data, DEFAULT_TENANT)
+    assert len({default[0], alice[0], bob[0]}) == 3 and len({default[1], alice[1], bob[1]}) == 3
+    assert chain_hashes(data, "alice") == alice
