@@ -42,6 +42,7 @@ from server.front.door import FrontDoor
 from server.metrics import Metrics
 from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_request
 from server.tempo import with_speed
+from server.tenants import DEFAULT_TENANT
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
 # A 503 means this replica is draining, warming up or stopped: retry soon, through the load balancer
@@ -104,10 +105,11 @@ class HttpApi:
         arrival = time.monotonic()
         self._door.check_open()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        tenant = request.scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
         body = await _read_body(request)
-        speech = await asyncio.to_thread(self._parse, body, request_id)  # the voice lookup reads files
+        speech = await asyncio.to_thread(self._parse, body, request_id, tenant)  # the voice lookup reads files
         try:
-            sub = self._door.submit(speech.params, speech.voice)
+            sub = self._door.submit(tenant, speech.params, speech.voice)
         except InvalidRequest as exc:
             raise in_api_terms(exc) from None
         encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
@@ -123,9 +125,9 @@ class HttpApi:
         return StreamingResponse(_audio(first, pieces), media_type=speech.response_format.media_type,
                                  headers=headers)
 
-    def _parse(self, body: bytes, request_id: str) -> SpeechRequest:
+    def _parse(self, body: bytes, request_id: str, tenant: str) -> SpeechRequest:
         return parse_speech_request(_json(body), models=self.model_names, request_id=request_id,
-                                    limits=self._door.limits, voices=self._door.voices)
+                                    limits=self._door.limits, voices=self._door.voices, tenant=tenant)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})

@@ -1,6 +1,6 @@
 """Tenants without a server: the tokens file's two forms and its mistakes (never quoting a
-token), stable tenant ids that are not the token, and prefix-cache chains that no two tenants
-share."""
+token), stable tenant ids that are not the token, one directory per tenant that no id can leave,
+and prefix-cache chains that no two tenants share."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ from server.auth import BearerTokens, load_tokens, parse_entry
 from server.engine.prefix_cache import chain_hashes
 from server.errors import Unauthenticated
 from server.tenants import DEFAULT_TENANT, token_tenant, valid_tenant_name
+from server.voices.tenants import TenantVoices, tenant_directory
+
+from test_voices import registry, segments
 
 
 def test_a_token_alone_is_a_tenant_of_its_own_and_a_named_tenant_has_many_tokens():
@@ -77,6 +80,27 @@ def test_tenant_names_follow_the_voice_name_rule():
     assert valid_tenant_name("acme-prod_2") and valid_tenant_name("0")
     for name in ("", "Acme", "a.b", "a b", "-a", "x" * 65, "token-abc", "ä"):
         assert not valid_tenant_name(name), name
+
+
+def test_each_tenant_has_a_directory_that_no_id_leaves(tmp_path):
+    assert tenant_directory(tmp_path, DEFAULT_TENANT) == tmp_path  # a server without tokens: as before tenants
+    assert tenant_directory(tmp_path, "alice") == tmp_path / "tenants" / "alice"
+    for bad in ("..", "../alice", "a/b", "/etc", "Alice", "a\0b"):
+        with pytest.raises(ValueError):
+            tenant_directory(tmp_path, bad)
+
+
+def test_tenant_registries_are_namespaces_with_quotas_of_their_own(tmp_path):
+    voices = TenantVoices(registry(tmp_path, max_voices=1))
+    alice, bob, root = voices.of("alice"), voices.of("bob"), voices.of(DEFAULT_TENANT)
+    assert voices.of("alice") is alice and root.store.directory == tmp_path
+    alice.create("narrator", segments(tone=3.0))
+    bob.create("narrator", segments(tone=9.0))  # the same name, another tenant, its own quota
+    assert alice.get("narrator").content_hash != bob.get("narrator").content_hash
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*.safetensors"))] == [
+        "tenants/alice/narrator.safetensors", "tenants/bob/narrator.safetensors"]
+    assert root.page().voices == [] and root.usage().voices == 0  # the tenants directory is no voice
+    assert bob.delete("narrator") and alice.get("narrator").name == "narrator"
 
 
 def test_no_two_tenants_share_a_prefix_chain():
