@@ -14,7 +14,7 @@ import time
 
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, QUANTIZE_MODES
 from server.app import METRICS_AUTH, ServedEngine, ServerConfig, SpeechServer
-from server.auth import load_tokens
+from server.auth import BearerTokens, load_tokens
 from server.engine.config import EngineConfig
 from server.heap import tune_heap
 from server.http_server import HttpLimits
@@ -22,6 +22,7 @@ from server.listeners import OTHER_FILES, Listeners, PortUnavailable, raise_open
 from server.openai_speech import OPENAI_TTS_MODELS
 from server.voices.config import VoicesConfig, default_voices_dir
 from server.voices.registry import VoiceRegistry
+from server.voices.tenants import TENANTS_DIR
 
 log = logging.getLogger("csm-serve")
 
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--tls-key", "CSM_TLS_KEY", None, "server private key (PEM)")
     flag("--tls-client-ca", "CSM_TLS_CLIENT_CA", None, "CA bundle (PEM) that client certificates must chain to (mTLS)")
     flag("--auth-tokens-file", "CSM_AUTH_TOKENS_FILE", None,
-         "file of accepted bearer tokens, one per line (env CSM_AUTH_TOKENS adds comma-separated ones)")
+         "file of accepted bearer tokens, one per line: '<token>' (a tenant of its own) or '<tenant>:<token>' "
+         "(tokens naming one tenant share its voices); env CSM_AUTH_TOKENS adds comma-separated ones")
     flag("--stream-buffer-s", "CSM_STREAM_BUFFER_S", "10",
          "seconds of audio a stream may have unread by its client before its generation pauses (0: never)",
          type=float)
@@ -143,11 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
          type=float)
     flag("--log-format", "CSM_LOG_FORMAT", "text", "log format", choices=("text", "json"))
     flag("--voices-dir", "CSM_VOICES_DIR", default_voices_dir(),
-         "directory of stored voices; replicas that share it share their voices")
-    flag("--max-voices", "CSM_MAX_VOICES", "1000", "voices the directory may hold; more get RESOURCE_EXHAUSTED",
-         type=int)
+         "directory of stored voices (with tokens: tenants/<tenant>/ per tenant); replicas that share it share "
+         "their voices")
+    flag("--max-voices", "CSM_MAX_VOICES", "1000",
+         "voices each tenant may store; more get RESOURCE_EXHAUSTED", type=int)
     flag("--max-voice-bytes", "CSM_MAX_VOICE_BYTES", str(256 * 1024 * 1024),
-         "bytes all stored voices may take; more get RESOURCE_EXHAUSTED", type=int)
+         "bytes each tenant's stored voices may take; more get RESOURCE_EXHAUSTED", type=int)
     return parser
 
 
@@ -291,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         listeners.close()
         return 1
     if server_config.auth_tokens:
-        log.info("bearer-token authentication on (%d tokens)", len(server_config.auth_tokens))
+        log.info("bearer-token authentication on (%d tokens, %d tenants)", len(server_config.auth_tokens),
+                 len(BearerTokens(server_config.auth_tokens).tenants))
     else:
         log.warning("no auth tokens configured: any client that reaches the port may synthesize")
     from server.voices.mimi_encoder import open_registry
@@ -302,7 +306,15 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot use the voices directory %s: %s", voices_config.directory, exc)
         listeners.close()
         return 1
-    log.info("voices in %s (%d stored)", voices_config.directory, voices.usage().voices)
+    if not server_config.auth_tokens:
+        log.info("voices in %s (%d stored)", voices_config.directory, voices.usage().voices)
+    else:
+        log.info("voices in %s, each tenant's in %s/<tenant>", voices_config.directory, TENANTS_DIR)
+        orphans = voices.usage().voices
+        if orphans:
+            log.warning("%d voices at the top of %s belong to a server without tokens and no token reaches them: "
+                        "move each tenant's into %s/<tenant>/ (docs/api.md, Tenants)", orphans,
+                        voices_config.directory, TENANTS_DIR)
     engine.start()
     return asyncio.run(serve(engine, server_config, voices, listeners))
 

@@ -42,12 +42,14 @@ from server.front.door import FrontDoor
 from server.metrics import Metrics
 from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_request
 from server.tempo import with_speed
+from server.tenants import DEFAULT_TENANT
 
 MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `input` at 4096 characters
 # A 503 means this replica is draining, warming up or stopped: retry soon, through the load balancer
 # to another replica (OpenAI's SDKs wait this long before their retry).
 UNAVAILABLE_RETRY_AFTER_S = 1
 OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
+TENANT_SCOPE_KEY = "csm.tenant"  # the caller's tenant (server/tenants.py), set by _Gate; absent: no tokens
 # OpenAI's error `type` and `code` for each HTTP status.
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
@@ -103,10 +105,11 @@ class HttpApi:
         arrival = time.monotonic()
         self._door.check_open()
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        tenant = request.scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
         body = await _read_body(request)
-        speech = await asyncio.to_thread(self._parse, body, request_id)  # the voice lookup reads files
+        speech = await asyncio.to_thread(self._parse, body, request_id, tenant)  # the voice lookup reads files
         try:
-            sub = self._door.submit(speech.params, speech.voice)
+            sub = self._door.submit(tenant, speech.params, speech.voice)
         except InvalidRequest as exc:
             raise in_api_terms(exc) from None
         encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
@@ -122,9 +125,9 @@ class HttpApi:
         return StreamingResponse(_audio(first, pieces), media_type=speech.response_format.media_type,
                                  headers=headers)
 
-    def _parse(self, body: bytes, request_id: str) -> SpeechRequest:
+    def _parse(self, body: bytes, request_id: str, tenant: str) -> SpeechRequest:
         return parse_speech_request(_json(body), models=self.model_names, request_id=request_id,
-                                    limits=self._door.limits, voices=self._door.voices)
+                                    limits=self._door.limits, voices=self._door.voices, tenant=tenant)
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})
@@ -235,8 +238,9 @@ def _event(data: dict) -> bytes:
 
 
 class _Gate:
-    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS) and
-    counts every response by route template and status."""
+    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS), puts
+    the token's tenant in the scope (TENANT_SCOPE_KEY), and counts every response by route
+    template and status."""
 
     def __init__(self, app: ASGIApp, routes: list[Route], metrics: Metrics, tokens: BearerTokens | None):
         self._app = app
@@ -264,12 +268,12 @@ class _Gate:
             await send(message)
 
         try:
-            problem = None
             if self._tokens is not None and scope["path"] not in OPEN_PATHS:
-                problem = self._tokens.problem(Request(scope).headers.get("authorization"))
-            if problem is None:
-                await self._app(scope, receive, counted_send)
-            else:
-                await failure_response(describe(Unauthenticated(problem)))(scope, receive, counted_send)
+                try:
+                    scope[TENANT_SCOPE_KEY] = self._tokens.tenant(Request(scope).headers.get("authorization"))
+                except Unauthenticated as exc:
+                    await failure_response(describe(exc))(scope, receive, counted_send)
+                    return
+            await self._app(scope, receive, counted_send)
         finally:
             self._metrics.observe_http(self._route(scope), status)

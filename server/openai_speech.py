@@ -60,14 +60,15 @@ class SpeechRequest:
 
 
 def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits, request_id: str,
-                         voices: VoiceLookup) -> SpeechRequest:
+                         voices: VoiceLookup, tenant: str) -> SpeechRequest:
     """Raises NotFound for a model this server does not serve, InvalidRequest listing every
     other problem at once: this API's own fields, and the engine's rules (text length,
     sampling ranges, max_audio_ms: server/engine/rules.py) named as this API names them.
 
-    `voice` is looked up once, by the front door's `voices.choose` (a stored voice first, then a
-    speaker id or an OpenAI name): a stored voice's segments open the context and it speaks as
-    its last segment's speaker. Blocks on the voices directory: call it off the event loop."""
+    `voice` is looked up once, by the front door's `voices.choose` (a stored voice of `tenant`
+    first, then a speaker id or an OpenAI name): a stored voice's segments open the context and
+    it speaks as its last segment's speaker. Blocks on the voices directory: call it off the
+    event loop."""
     if not isinstance(body, dict):
         raise InvalidRequest([Violation("body", "must be a JSON object")])
     violations: list[Violation] = []
@@ -110,7 +111,7 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
             violations.append(Violation(voice_field, "must be a string"))
     if isinstance(voice, str):
         try:
-            choice = voices.choose(voice, voice_field)
+            choice = voices.choose(tenant, voice, voice_field)
         except InvalidRequest as exc:
             violations += exc.violations
     if response_format not in RESPONSE_FORMATS:

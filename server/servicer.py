@@ -1,10 +1,11 @@
 """csm.v1.Speech: protobuf in, the front door's events out as protobuf. Thin and torch-free.
 
 Requests go through the front door (server/front/door.py) like every other transport's: the
-same drain switch, voice lookup, submission and delivery; errors are raised as domain
-exceptions and mapped to statuses by server/errors.py. A call that ends early (client
-cancelled, deadline passed, server stopping the call) cancels its engine request, which frees
-the slot within one engine step. Converse is its own front end (server/converse/call.py).
+same drain switch, voice lookup, submission and delivery, as the tenant the call's token names
+(server/auth.py, caller_tenant); errors are raised as domain exceptions and mapped to statuses
+by server/errors.py. A call that ends early (client cancelled, deadline passed, server stopping
+the call) cancels its engine request, which frees the slot within one engine step. Converse is
+its own front end (server/converse/call.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import grpc
 from csm_wire import speech_pb2 as pb
 from csm_wire import speech_pb2_grpc, wav
 from server.audio_encoding import make_encoder
+from server.auth import caller_tenant
 from server.chunks import Chunker
 from server.engine.types import OutputEncoding
 from server.front.door import FrontDoor
@@ -97,8 +99,9 @@ class SpeechServicer(speech_pb2_grpc.SpeechServicer):
         self._door.check_open()
         params = synthesis_params(request)
         params = replace(params, request_id=params.request_id or uuid.uuid4().hex)
-        voice = await self._door.stored_voice(request.voice)
-        sub = self._door.submit(params, voice)  # every rule checked; decoding happens on the prep thread
+        tenant = caller_tenant()
+        voice = await self._door.stored_voice(tenant, request.voice)
+        sub = self._door.submit(tenant, params, voice)  # every rule checked; decoding happens on the prep thread
         rate = params.output_sample_rate
         delivery = self._door.deliver(sub, make_encoder(OutputEncoding(params.output_encoding), rate),
                                       sample_rate=rate, arrival=arrival)

@@ -9,6 +9,7 @@ from server.engine.types import EngineLimits, InvalidRequest, Violation
 from server.errors import NotFound
 from server.front.voices import OPENAI_VOICES, VoiceLookup
 from server.openai_speech import in_api_terms, parse_speech_request
+from server.tenants import DEFAULT_TENANT
 
 MODELS = ("csm-1b", "tts-1")
 LIMITS = EngineLimits(max_slots=4, max_queue=8, max_seq_len=512, max_text_chars=100, max_context_segments=2,
@@ -20,7 +21,7 @@ SPEAKERS = VoiceLookup(None, LIMITS.max_speaker_id)  # no stored voices: speaker
 
 def parse(**body):
     return parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0", **body}, models=MODELS,
-                                limits=LIMITS, request_id="r1", voices=SPEAKERS)
+                                limits=LIMITS, request_id="r1", voices=SPEAKERS, tenant=DEFAULT_TENANT)
 
 
 def test_defaults_are_openais():
@@ -33,7 +34,7 @@ def test_defaults_are_openais():
 
 def speaker_of(name: str) -> int | None:
     try:
-        return SPEAKERS.choose(name).speaker
+        return SPEAKERS.choose(DEFAULT_TENANT, name).speaker
     except InvalidRequest:
         return None
 
@@ -58,7 +59,7 @@ def test_every_violation_is_listed_once():
     with pytest.raises(InvalidRequest) as refused:
         parse_speech_request({"model": "tts-1", "voice": True, "speed": "fast", "response_format": "ogg",
                               "seed": -1, "max_audio_ms": 0}, models=MODELS, limits=ONE_SPEAKER, request_id="r",
-                             voices=SPEAKERS)
+                             voices=SPEAKERS, tenant=DEFAULT_TENANT)
     fields = [v.field for v in refused.value.violations]
     assert fields == ["input", "voice", "speed", "response_format", "seed", "max_audio_ms"]
 
@@ -73,7 +74,7 @@ def test_unknown_model_is_not_found_and_a_non_object_body_is_invalid():
     with pytest.raises(NotFound, match="gpt-9"):
         parse(model="gpt-9")
     with pytest.raises(InvalidRequest, match="JSON object"):
-        parse_speech_request([1], models=MODELS, limits=ONE_SPEAKER, request_id="r", voices=SPEAKERS)
+        parse_speech_request([1], models=MODELS, limits=ONE_SPEAKER, request_id="r", voices=SPEAKERS, tenant=DEFAULT_TENANT)
 
 
 def test_the_engines_rules_come_back_with_this_apis_own_violations():
@@ -84,7 +85,7 @@ def test_the_engines_rules_come_back_with_this_apis_own_violations():
     assert "at most 100" in fields["input"]
     with pytest.raises(InvalidRequest, match="x-request-id"):
         parse_speech_request({"model": "tts-1", "input": "Hi.", "voice": "0"}, models=MODELS, limits=LIMITS,
-                             request_id="r" * 17, voices=SPEAKERS)
+                             request_id="r" * 17, voices=SPEAKERS, tenant=DEFAULT_TENANT)
 
 
 def test_engine_field_paths_are_renamed_for_this_api():

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field, replace
 
 from csm_wire import speech_pb2 as pb
 from server.audio_encoding import make_encoder
+from server.auth import caller_tenant
 from server.chunks import Chunker
 from server.converse import turns
 from server.converse.sentences import SentenceSplitter
@@ -133,9 +134,10 @@ class ConverseCall:
         requests = aiter(requests)
         config = await self._config(requests)
         self._defaults = turns.defaults(config)
-        voice = await self._door.stored_voice(config.voice)
+        tenant = caller_tenant()
+        voice = await self._door.stored_voice(tenant, config.voice)
         label = config.conversation_id or uuid.uuid4().hex
-        self._conv = conv = self._door.open_conversation(label)
+        self._conv = conv = self._door.open_conversation(tenant, label)
         context.add_done_callback(lambda _context: conv.close())  # the client went away: free the slot now
         self._abort = asyncio.get_running_loop().create_future()
         tasks: list[asyncio.Task] = []

@@ -1,6 +1,7 @@
 """A conversation as its caller holds it (any thread; the Converse servicer, benchmarks, tests).
 
     conv = engine.open_conversation("call-42")            # TooManyConversations past the limit
+    conv.tenant = "alice"                                  # before the first turn: every turn carries it
     conv.add_voice(voice_segments)                         # -> RequestStream: Finished(context=...)
     conv.add_context("turn-1", (ContextSegment(1, "Hi!", audio),))
     for event in conv.speak("turn-2", SynthesisParams(text="Hello. How are you?")): ...
@@ -21,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from csm_core.constants import FRAME_MS
 from server.engine import rules
@@ -31,6 +33,7 @@ from server.engine.stream import RequestStream
 from server.engine.types import (
     ContextSegment, EngineLimits, InvalidRequest, SynthesisParams, TooManyConversations, Violation,
 )
+from server.tenants import DEFAULT_TENANT
 
 RETRY_S_CONVERSATION = 5.0  # what a caller is told to wait when every conversation permit is taken
 
@@ -50,6 +53,9 @@ class Conversation:
         self._permit_lock = threading.Lock()
         self._pause_after_s = pause_after_s  # flow control of each piece's audio (server/engine/stream.py)
         self._closed = threading.Event()
+        # Whose conversation (server/tenants.py): the front door sets it before the first turn,
+        # and every turn's params carry it, so its prefix-cache blocks are its tenant's alone.
+        self.tenant = DEFAULT_TENANT
 
     def add_voice(self, segments: tuple[ContextSegment, ...]) -> RequestStream:
         """The voice's segments (stored codes) open the context; they are never dropped."""
@@ -115,6 +121,7 @@ class Conversation:
         return self._closed.is_set()
 
     def _turn(self, turn_id: str, kind: TurnKind, params: SynthesisParams) -> RequestStream:
+        params = replace(params, tenant=self.tenant)
         rid = self._next_id()
         seed = draw_seed(params.seed)
         label = params.request_id or turn_id

@@ -43,10 +43,10 @@ class KVBlockPool:
             v.copy_(src[:, layer, 1].transpose(0, 1).reshape(kv_heads, n * p, head_dim))
 
 
-def block_hashes(prompt: Prompt, block_positions: int) -> tuple[BlockHash, ...]:
-    """The chain hashes of a prompt's whole chunks (the prompt starts at position 0): each
-    chunk's frames, tokens and mask [block_positions, 33], as bytes."""
+def block_hashes(prompt: Prompt, block_positions: int, *, tenant: str) -> tuple[BlockHash, ...]:
+    """The chain hashes of a prompt's whole chunks (the prompt starts at position 0), from the
+    root of the request's tenant: each chunk's frames, tokens and mask [block_positions, 33], as bytes."""
     tokens, mask = prompt.tokens.cpu().numpy(), prompt.mask.cpu().numpy()
     n = len(prompt) // block_positions
-    return chain_hashes(tokens[i * block_positions:(i + 1) * block_positions].tobytes()
-                        + mask[i * block_positions:(i + 1) * block_positions].tobytes() for i in range(n))
+    return chain_hashes((tokens[i * block_positions:(i + 1) * block_positions].tobytes()
+                         + mask[i * block_positions:(i + 1) * block_positions].tobytes() for i in range(n)), tenant)

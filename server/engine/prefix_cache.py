@@ -3,9 +3,15 @@ which blocks, and which block to evict. Torch-free (the rows live in server/engi
 
 A block holds the KV rows of one aligned prefill chunk, positions [k*chunk, (k+1)*chunk), of a
 prompt that starts at position 0. It is named by a chain hash: h_k = H(h_{k-1}, frames of chunk k),
-so a name stands for the whole prefix [0, (k+1)*chunk) and two prompts share block k exactly when
-their first k+1 chunks are the same frames. A request looks up its chunks in order and stops at
-the first miss (`match`); the rows it finds are copied into its slot instead of being prefilled.
+with h_{-1} the root of the request's tenant, so a name stands for the whole prefix
+[0, (k+1)*chunk) of one tenant's prompt and two prompts share block k exactly when they are the
+same tenant's and their first k+1 chunks are the same frames. A request looks up its chunks in
+order and stops at the first miss (`match`); the rows it finds are copied into its slot instead
+of being prefilled.
+
+No block is shared across tenants: a hit (an earlier first audio) would tell one tenant what
+another sent recently. Sharing a prefix between tenants, say a public voice, would have to be
+made explicit; nothing is.
 
 Why the rows are exact: positions are absolute and attention is causal, so the rows of [0, P)
 depend only on those positions' frames; and the engine prefills every prompt in chunks aligned
@@ -26,14 +32,23 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from server.tenants import DEFAULT_TENANT
+
 BlockHash = bytes
 
 _ROOT = b"csm-prefix/1"
 
 
-def chain_hashes(chunks: Iterable[bytes]) -> tuple[BlockHash, ...]:
-    """h_k = H(h_{k-1} || chunk_k): the name of each prefix [0, (k+1)*chunk)."""
-    out, parent = [], _ROOT
+def chain_root(tenant: str) -> BlockHash:
+    """h_{-1} of the tenant's prompts (server/tenants.py; the default tenant's is _ROOT)."""
+    if tenant == DEFAULT_TENANT:
+        return _ROOT
+    return hashlib.blake2b(_ROOT + b"\0tenant\0" + tenant.encode(), digest_size=16).digest()
+
+
+def chain_hashes(chunks: Iterable[bytes], tenant: str = DEFAULT_TENANT) -> tuple[BlockHash, ...]:
+    """h_k = H(h_{k-1} || chunk_k), from the tenant's root: the name of each prefix [0, (k+1)*chunk)."""
+    out, parent = [], chain_root(tenant)
     for data in chunks:
         parent = hashlib.blake2b(parent + data, digest_size=16).digest()
         out.append(parent)

@@ -154,7 +154,7 @@ class PrepWorker:
         if violation is not None:
             w.violations.append(violation)
             return
-        hashes = block_hashes(prompt, self._block_positions) if self._block_positions else ()
+        hashes = block_hashes(prompt, self._block_positions, tenant=p.tenant) if self._block_positions else ()
         self._report(Prepared(w.job.id, prompt, SamplingParams(p.temperature, p.top_k), hashes))
 
 

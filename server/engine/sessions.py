@@ -142,7 +142,7 @@ class Sessions:
         prompt = Prompt(frames.tokens, frames.mask, start=s.context.kv_len)
         req.prompt_len, req.num_prefilled = prompt.end, prompt.start
         if prompt.start == 0 and self.block_positions:
-            req.block_hashes = block_hashes(prompt, self.block_positions)
+            req.block_hashes = block_hashes(prompt, self.block_positions, tenant=req.params.tenant)
         s.text, s.frames = text, []
         return prompt
 

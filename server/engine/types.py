@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from server.engine.prefix_cache import PrefixCacheStats
+from server.tenants import DEFAULT_TENANT
 
 
 class FinishReason(enum.Enum):
@@ -73,6 +74,8 @@ class SynthesisParams:
     output_encoding: str = OutputEncoding.PCM_S16LE.value  # an OutputEncoding value (the front end encodes)
     output_sample_rate: int = 24_000  # the engine resamples its 24 kHz output to this rate
     request_id: str = ""  # the caller's label: echoed and logged, never a key inside the engine
+    # Whose request (server/tenants.py): its prompt's prefix-cache blocks are this tenant's alone.
+    tenant: str = DEFAULT_TENANT
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,20 +1,22 @@
 """The front door: the one way from a transport into the engine. Torch-free.
 
     door = FrontDoor(engine, registry, metrics)
-    voice = await door.stored_voice(name)                  # or door.voices.choose(...) off the loop
-    sub = door.submit(params, voice)                       # InvalidRequest, QueueFull, EngineUnavailable
+    voice = await door.stored_voice(tenant, name)          # or door.voices.choose(tenant, ...) off the loop
+    sub = door.submit(tenant, params, voice)               # InvalidRequest, QueueFull, EngineUnavailable
     delivery = door.deliver(sub, encoder, sample_rate=..., arrival=...)
     async for piece in delivery.audio(): ...               # then delivery.result: its Summary
 
 Every transport (server/servicer.py, server/converse/, server/http_api.py) holds the same door:
 one drain switch, one voice lookup, one submission that names a voice's fields the way the
-request does, one delivery.
+request does, one delivery. Every lookup, submission and conversation is a tenant's
+(server/tenants.py, from the caller's token): it finds that tenant's voices only, and the
+engine keeps its prompts' prefix-cache blocks apart from every other tenant's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from server.audio_encoding import Encoder
 from server.engine.conversation import Conversation
@@ -61,24 +63,29 @@ class FrontDoor:
         if self.draining.is_set():
             raise EngineUnavailable(f"the server is shutting down: {what} to another replica")
 
-    async def stored_voice(self, name: str) -> Voice | None:
-        """The stored voice `name` names (None for ""): VoiceNotFound, VoiceUnusable."""
-        return await asyncio.to_thread(self.voices.stored, name) if name else None
+    async def stored_voice(self, tenant: str, name: str) -> Voice | None:
+        """The tenant's stored voice `name` names (None for ""): VoiceNotFound, VoiceUnusable."""
+        return await asyncio.to_thread(self.voices.stored, tenant, name) if name else None
 
-    def submit(self, params: SynthesisParams, voice: Voice | None = None) -> Submission:
-        """The request, with the voice's segments first in its context, into the engine's queue.
-        Raises InvalidRequest (named as the request names its fields), QueueFull, EngineUnavailable."""
+    def submit(self, tenant: str, params: SynthesisParams, voice: Voice | None = None) -> Submission:
+        """The tenant's request, with the voice's segments first in its context, into the engine's
+        queue. Raises InvalidRequest (named as the request names its fields), QueueFull,
+        EngineUnavailable."""
         self.check_open()
+        params = replace(params, tenant=tenant)
         try:
             stream = self.engine.submit(with_voice(params, voice) if voice is not None else params)
         except InvalidRequest as exc:
             raise (exc if voice is None else blame_request_fields(exc, voice)) from None
         return Submission(stream, params.request_id, voice)
 
-    def open_conversation(self, label: str) -> Conversation:
-        """TooManyConversations, EngineUnavailable."""
+    def open_conversation(self, tenant: str, label: str) -> Conversation:
+        """The tenant's conversation (each of its turns carries the tenant). TooManyConversations,
+        EngineUnavailable."""
         self.check_open("open the conversation")
-        return self.engine.open_conversation(label)
+        conv = self.engine.open_conversation(label)
+        conv.tenant = tenant
+        return conv
 
     def deliver(self, sub: Submission, encoder: Encoder, *, sample_rate: int, arrival: float) -> AudioDelivery:
         return AudioDelivery(encoder, self.metrics, request_id=sub.label, sample_rate=sample_rate, arrival=arrival,

@@ -16,6 +16,7 @@ def default_voices_dir() -> str:
 @dataclass(slots=True, frozen=True)
 class VoicesConfig:
     directory: str = field(default_factory=default_voices_dir)  # shared by every replica that mounts it
+    # The limits count one tenant's voices, in its own directory (server/voices/tenants.py).
     max_voices: int = 1000  # voices stored in the directory, all replicas together
     max_bytes: int = 256 * 1024 * 1024  # bytes of all voice files (a 20 s voice takes ~16 KB)
 

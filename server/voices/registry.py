@@ -130,6 +130,11 @@ class VoiceRegistry:
                                 f"{self.codec}: create the voice again on this deployment")
         return voice
 
+    def with_store(self, store: VoiceStore) -> VoiceRegistry:
+        """A registry of the voices in another store (a tenant's, server/voices/tenants.py),
+        with this one's encoder, tokenizer and limits."""
+        return VoiceRegistry(store, self.limits, self._encoder, self._tokenizer)
+
     def page(self, after: str = "", limit: int | None = None) -> VoicePage:
         """Voices in name order, starting after the name `after`, at most `limit` of them."""
         names = [n for n in self.store.names() if n > after]

@@ -1,5 +1,9 @@
 """csm.v1.Voices: create, get, list and delete stored voices. Thin and torch-free.
 
+Every call works in the namespace of the tenant its token names (server/auth.py, caller_tenant;
+server/voices/tenants.py): another tenant's voices are not listed, read or deleted, and a name
+one tenant uses is free for every other.
+
 Every call touches files and CreateVoice decodes and encodes audio, so the registry runs in
 worker threads, never on the event loop. Errors are domain exceptions, mapped to statuses
 by server.errors. A CreateVoice whose caller goes away may still store the voice: a retry
@@ -12,8 +16,10 @@ import asyncio
 
 from csm_wire import voices_pb2 as vpb
 from csm_wire import voices_pb2_grpc
+from server.auth import caller_tenant
 from server.engine.types import InvalidRequest, Violation
 from server.voices.registry import VoiceRegistry
+from server.voices.tenants import TenantVoices
 from server.voices.types import Voice, VoiceNotFound, valid_name
 from server.voices.wire import decode_segments, voice_to_proto
 
@@ -23,35 +29,44 @@ MAX_PAGE_SIZE = 1000
 
 class VoicesServicer(voices_pb2_grpc.VoicesServicer):
     def __init__(self, registry: VoiceRegistry):
-        self._registry = registry
+        """`registry`: the voices directory's; each tenant's registry is made from it."""
+        self._tenants = TenantVoices(registry)
 
+    # The tenant is read on the call's task, where the interceptor set it, and handed to the thread.
     async def CreateVoice(self, request: vpb.CreateVoiceRequest, context) -> vpb.Voice:
-        return voice_to_proto(await asyncio.to_thread(self._create, request))
+        return voice_to_proto(await asyncio.to_thread(self._create, caller_tenant(), request))
 
     async def GetVoice(self, request: vpb.GetVoiceRequest, context) -> vpb.Voice:
-        return voice_to_proto(await asyncio.to_thread(self._registry.get, request.name))
+        return voice_to_proto(await asyncio.to_thread(self._get, caller_tenant(), request.name))
 
     async def ListVoices(self, request: vpb.ListVoicesRequest, context) -> vpb.ListVoicesResponse:
-        return await asyncio.to_thread(self._list, request)
+        return await asyncio.to_thread(self._list, caller_tenant(), request)
 
     async def DeleteVoice(self, request: vpb.DeleteVoiceRequest, context) -> vpb.DeleteVoiceResponse:
-        deleted = await asyncio.to_thread(self._registry.delete, request.name)
+        deleted = await asyncio.to_thread(self._delete, caller_tenant(), request.name)
         if not deleted and not request.allow_missing:
             raise VoiceNotFound(f"there is no voice {request.name!r}")
         return vpb.DeleteVoiceResponse(deleted=deleted)
 
-    def _create(self, request: vpb.CreateVoiceRequest) -> Voice:
+    def _create(self, tenant: str, request: vpb.CreateVoiceRequest) -> Voice:
         segments = decode_segments(request.segments)
-        return self._registry.create(request.name, segments, request.description)
+        return self._tenants.of(tenant).create(request.name, segments, request.description)
 
-    def _list(self, request: vpb.ListVoicesRequest) -> vpb.ListVoicesResponse:
+    def _get(self, tenant: str, name: str) -> Voice:
+        return self._tenants.of(tenant).get(name)
+
+    def _delete(self, tenant: str, name: str) -> bool:
+        return self._tenants.of(tenant).delete(name)
+
+    def _list(self, tenant: str, request: vpb.ListVoicesRequest) -> vpb.ListVoicesResponse:
         if request.page_token and not valid_name(request.page_token):
             raise InvalidRequest([Violation("page_token", "not a next_page_token from ListVoices: "
                                                           "send it back as it came, or empty for the first page")])
+        registry = self._tenants.of(tenant)
         size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-        page = self._registry.page(after=request.page_token, limit=size)
-        usage = self._registry.usage()
-        limits = self._registry.limits
+        page = registry.page(after=request.page_token, limit=size)
+        usage = registry.usage()
+        limits = registry.limits
         return vpb.ListVoicesResponse(
             voices=[voice_to_proto(v) for v in page.voices],
             next_page_token=page.next_after,
