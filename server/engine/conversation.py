@@ -1,7 +1,6 @@
 """A conversation as its caller holds it (any thread; the Converse servicer, benchmarks, tests).
 
-    conv = engine.open_conversation("call-42")            # TooManyConversations past the limit
-    conv.tenant = "alice"                                  # before the first turn: every turn carries it
+    conv = engine.open_conversation("call-42", "alice")   # TooManyConversations past the limit
     conv.add_voice(voice_segments)                         # -> RequestStream: Finished(context=...)
     conv.add_context("turn-1", (ContextSegment(1, "Hi!", audio),))
     for event in conv.speak("turn-2", SynthesisParams(text="Hello. How are you?")): ...
@@ -33,18 +32,20 @@ from server.engine.stream import RequestStream
 from server.engine.types import (
     ContextSegment, EngineLimits, InvalidRequest, SynthesisParams, TooManyConversations, Violation,
 )
-from server.tenants import DEFAULT_TENANT
 
 RETRY_S_CONVERSATION = 5.0  # what a caller is told to wait when every conversation permit is taken
 
 
 class Conversation:
     def __init__(self, session: int, label: str, limits: EngineLimits, post: Callable[[Control], None],
-                 next_id: Callable[[], int], permits: Admission, pause_after_s: float = 0.0):
+                 next_id: Callable[[], int], permits: Admission, pause_after_s: float = 0.0, tenant: str = ""):
         """`permits`: the server's conversation permits; this conversation holds one (taken by
-        Engine.open_conversation) except while it rests."""
+        Engine.open_conversation) except while it rests. `tenant`: whose conversation
+        (server/tenants.py; "" the default): every turn's params carry it, so its prefix-cache
+        blocks are its tenant's alone."""
         self.session = session
         self.label = label
+        self.tenant = tenant
         self._limits = limits
         self._post = post
         self._next_id = next_id
@@ -53,9 +54,6 @@ class Conversation:
         self._permit_lock = threading.Lock()
         self._pause_after_s = pause_after_s  # flow control of each piece's audio (server/engine/stream.py)
         self._closed = threading.Event()
-        # Whose conversation (server/tenants.py): the front door sets it before the first turn,
-        # and every turn's params carry it, so its prefix-cache blocks are its tenant's alone.
-        self.tenant = DEFAULT_TENANT
 
     def add_voice(self, segments: tuple[ContextSegment, ...]) -> RequestStream:
         """The voice's segments (stored codes) open the context; they are never dropped."""

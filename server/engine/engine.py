@@ -190,9 +190,9 @@ class Engine:
         return sink
 
     # -- conversations (any thread) ----------------------------------------------------
-    def open_conversation(self, label: str) -> Conversation:
-        """A conversation whose context stays in the engine (server/engine/conversation.py).
-        Raises TooManyConversations or EngineUnavailable."""
+    def open_conversation(self, label: str, tenant: str = "") -> Conversation:
+        """A conversation whose context stays in the engine (server/engine/conversation.py), its
+        turns the tenant's. Raises TooManyConversations or EngineUnavailable."""
         if not self.ready:
             raise EngineUnavailable("the server is warming up or draining; retry shortly or on another replica")
         if not self._conversations.try_admit():
@@ -202,4 +202,4 @@ class Engine:
         session = next(self._ids)
         self._control.post(SessionOpen(session, label))
         return Conversation(session, label, self._info.limits, self._control.post, lambda: next(self._ids),
-                            self._conversations, self.config.stream_buffer_s)
+                            self._conversations, self.config.stream_buffer_s, tenant)

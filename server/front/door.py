@@ -83,9 +83,7 @@ class FrontDoor:
         """The tenant's conversation (each of its turns carries the tenant). TooManyConversations,
         EngineUnavailable."""
         self.check_open("open the conversation")
-        conv = self.engine.open_conversation(label)
-        conv.tenant = tenant
-        return conv
+        return self.engine.open_conversation(label, tenant)
 
     def deliver(self, sub: Submission, encoder: Encoder, *, sample_rate: int, arrival: float) -> AudioDelivery:
         return AudioDelivery(encoder, self.metrics, request_id=sub.label, sample_rate=sample_rate, arrival=arrival,
