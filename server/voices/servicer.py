@@ -41,7 +41,7 @@ class VoicesServicer(voices_pb2_grpc.VoicesServicer):
         return vpb.DeleteVoiceResponse(deleted=deleted)
 
     def _create(self, request: vpb.CreateVoiceRequest) -> Voice:
-        segments = decode_segments(request.segments)
+        segments = decode_segments(request.segments, self._registry.limits)
         return self._registry.create(request.name, segments, request.description)
 
     def _list(self, request: vpb.ListVoicesRequest) -> vpb.ListVoicesResponse:
