@@ -4,8 +4,10 @@ under concurrent creates on one server, and names and stored numbers parsed stri
 
 from __future__ import annotations
 
+import asyncio
 import io
 import math
+import threading
 import time
 
 import numpy as np
@@ -15,8 +17,9 @@ import soundfile as sf
 from csm_core.constants import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from csm_core.text import load_tokenizer
 from csm_wire import speech_pb2 as pb
-from server.engine.types import EngineLimits, InvalidRequest
+from server.engine.types import EngineLimits, InvalidRequest, QueueFull
 from server.voices.config import VoicesConfig
+from server.voices.create_queue import CreateQueue
 from server.voices.registry import VoiceLimits, VoiceRegistry
 from server.voices.store import VoiceStore
 from server.voices.wire import decode_segments
@@ -83,3 +86,60 @@ def test_too_many_segments_are_refused_before_any_is_decoded(tmp_path, monkeypat
     n = ENGINE_LIMITS.max_context_segments + 1
     got = violations(lambda: decode_segments([segment(flac(0.1))] * n, registry(tmp_path).limits))
     assert got == {"segments": f"{n} segments; at most {ENGINE_LIMITS.max_context_segments}"} and decoded == []
+
+
+def test_the_create_queue_refuses_past_its_bound_with_a_retry_delay():
+    """Two admitted (one running, one waiting); the third is refused at once; a waiting caller
+    that goes away leaves the queue; every admission is released however its creation ends."""
+    queue = CreateQueue(max_pending=2)
+    gate, started = threading.Event(), threading.Event()
+
+    def slow(result):
+        started.set()
+        gate.wait(10)
+        if result == "fail":
+            raise ValueError("bad audio")
+        return result
+
+    async def scenario():
+        running = asyncio.ensure_future(queue.run(slow, "first"))
+        await asyncio.to_thread(started.wait, 10)
+        waiting = asyncio.ensure_future(queue.run(slow, "second"))
+        await asyncio.sleep(0)
+        assert queue.pending == 2
+        with pytest.raises(QueueFull) as refused:
+            await queue.run(slow, "third")
+        assert refused.value.retry_after_s >= 1.0 and "retry in about" in str(refused.value)
+        waiting.cancel()  # its caller went away before it ran
+        await asyncio.sleep(0.05)
+        assert queue.pending == 1
+        failing = asyncio.ensure_future(queue.run(slow, "fail"))
+        gate.set()
+        assert await running == "first"
+        with pytest.raises(ValueError):
+            await failing
+        assert queue.pending == 0
+        assert await queue.run(lambda: "again") == "again"
+
+    asyncio.run(scenario())
+
+
+def test_the_retry_delay_follows_the_measured_creations():
+    """Refused with the time the admitted creations will take: the first guess (1 s each) before
+    any was measured, then their running mean (never under 1 s)."""
+    queue = CreateQueue(max_pending=3)
+
+    async def refused_when_full() -> float:
+        hold = threading.Event()
+        tasks = [asyncio.ensure_future(queue.run(hold.wait, 10)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        with pytest.raises(QueueFull) as refused:
+            await queue.run(time.sleep, 0)
+        hold.set()
+        await asyncio.gather(*tasks)
+        return refused.value.retry_after_s
+
+    assert asyncio.run(refused_when_full()) == pytest.approx(3.0, abs=0.1)  # 3 x FIRST_GUESS_S
+    for _ in range(10):
+        asyncio.run(queue.run(time.sleep, 0.01))
+    assert asyncio.run(refused_when_full()) == 1.0  # 3 x ~0.03 s measured: the 1 s floor

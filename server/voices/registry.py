@@ -19,7 +19,7 @@ import numpy as np
 from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
 from server.engine import rules
 from server.engine.types import ContextSegment, EngineLimits, InvalidRequest, Violation
-from server.voices.config import VoicesConfig
+from server.voices.config import MAX_PENDING_CREATES, VoicesConfig
 from server.voices.store import VoiceStore, to_bytes
 from server.voices.types import (
     MAX_DESCRIPTION_CHARS, NAME_RULE, Voice, VoiceExists, VoiceQuotaExceeded, VoiceSegment, VoiceUnusable, VoiceUsage,
@@ -69,11 +69,13 @@ class VoiceLimits:
     max_bytes: int
     max_prompt_frames: int  # the model's context minus the room a default request needs
     engine: EngineLimits  # a voice's segments keep the rules of a request's context segments
+    max_pending_creates: int = MAX_PENDING_CREATES  # CreateVoice calls one server holds at once
 
     @classmethod
     def for_engine(cls, engine: EngineLimits, config: VoicesConfig) -> VoiceLimits:
         return cls(max_voices=config.max_voices, max_bytes=config.max_bytes,
-                   max_prompt_frames=max(0, engine.max_seq_len - rules.room_to_speak(engine)), engine=engine)
+                   max_prompt_frames=max(0, engine.max_seq_len - rules.room_to_speak(engine)), engine=engine,
+                   max_pending_creates=config.max_pending_creates)
 
 
 class VoiceRegistry:

@@ -1,8 +1,10 @@
 """csm.v1.Voices: create, get, list and delete stored voices. Thin and torch-free.
 
 Every call touches files and CreateVoice decodes and encodes audio, so the registry runs in
-worker threads, never on the event loop. Errors are domain exceptions, mapped to statuses
-by server.errors. A CreateVoice whose caller goes away may still store the voice: a retry
+worker threads, never on the event loop: CreateVoice on its own bounded queue
+(server/voices/create_queue.py, RESOURCE_EXHAUSTED past it), so that creations waiting for the
+encoder never hold the threads the other calls share. Errors are domain exceptions, mapped to
+statuses by server.errors. A CreateVoice whose caller goes away may still store the voice: a retry
 then answers ALREADY_EXISTS, and GetVoice's content_hash tells whether it is the same voice.
 """
 
@@ -13,6 +15,7 @@ import asyncio
 from csm_wire import voices_pb2 as vpb
 from csm_wire import voices_pb2_grpc
 from server.engine.types import InvalidRequest, Violation
+from server.voices.create_queue import CreateQueue
 from server.voices.registry import VoiceRegistry
 from server.voices.types import Voice, VoiceNotFound, valid_name
 from server.voices.wire import decode_segments, voice_to_proto
@@ -24,9 +27,10 @@ MAX_PAGE_SIZE = 1000
 class VoicesServicer(voices_pb2_grpc.VoicesServicer):
     def __init__(self, registry: VoiceRegistry):
         self._registry = registry
+        self._creates = CreateQueue(registry.limits.max_pending_creates)
 
     async def CreateVoice(self, request: vpb.CreateVoiceRequest, context) -> vpb.Voice:
-        return voice_to_proto(await asyncio.to_thread(self._create, request))
+        return voice_to_proto(await self._creates.run(self._create, request))
 
     async def GetVoice(self, request: vpb.GetVoiceRequest, context) -> vpb.Voice:
         return voice_to_proto(await asyncio.to_thread(self._registry.get, request.name))
