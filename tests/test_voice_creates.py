@@ -20,8 +20,9 @@ from csm_wire import speech_pb2 as pb
 from server.engine.types import EngineLimits, InvalidRequest, QueueFull
 from server.voices.config import VoicesConfig
 from server.voices.create_queue import CreateQueue
-from server.voices.registry import VoiceLimits, VoiceRegistry
+from server.voices.registry import Clip, NewSegment, VoiceLimits, VoiceRegistry
 from server.voices.store import VoiceStore
+from server.voices.types import VoiceQuotaExceeded
 from server.voices.wire import decode_segments
 
 TOKENIZER = load_tokenizer("offline")
@@ -143,3 +144,38 @@ def test_the_retry_delay_follows_the_measured_creations():
     for _ in range(10):
         asyncio.run(queue.run(time.sleep, 0.01))
     assert asyncio.run(refused_when_full()) == 1.0  # 3 x ~0.03 s measured: the 1 s floor
+
+
+def create_at_once(reg: VoiceRegistry, names: list[str]) -> dict[str, str]:
+    """Every create started together from its own thread; name -> "created" or the quota refused."""
+    start, outcome = threading.Barrier(len(names)), {}
+
+    def create(name: str) -> None:
+        start.wait()
+        try:
+            reg.create(name, [NewSegment(0, "Words.", Clip(np.zeros(16_000, np.float32), 16_000))])
+            outcome[name] = "created"
+        except VoiceQuotaExceeded as e:
+            outcome[name] = e.subject
+
+    threads = [threading.Thread(target=create, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    return outcome
+
+
+@pytest.mark.parametrize("limit", ["voices", "bytes"])
+def test_max_voices_and_bytes_are_exact_under_concurrent_creates(tmp_path, limit):
+    """Eight creates at once, each past the early count while the others encode (0.2 s): the
+    count and the publish are one step, so exactly the limit is stored."""
+    size = registry(tmp_path / "probe").create("probe", [NewSegment(0, "Words.", Clip(
+        np.zeros(16_000, np.float32), 16_000))]).size_bytes
+    config = {"max_voices": 3} if limit == "voices" else {"max_bytes": 3 * size + size // 2}
+    reg = registry(tmp_path / "voices", SilentEncoder(delay_s=0.2), **config)
+    outcome = create_at_once(reg, [f"v{i}" for i in range(8)])
+    print(f"\n8 concurrent creates at a limit of 3 ({limit}): {sorted(outcome.values())}; "
+          f"{reg.usage().voices} stored")
+    assert sorted(outcome.values()) == sorted(["created"] * 3 + [limit] * 5)
+    assert reg.usage().voices == 3
