@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import math
 import threading
 import time
@@ -13,6 +14,7 @@ import time
 import numpy as np
 import pytest
 import soundfile as sf
+from safetensors.numpy import save as save_tensors
 
 from csm_core.constants import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from csm_core.text import load_tokenizer
@@ -21,8 +23,8 @@ from server.engine.types import EngineLimits, InvalidRequest, QueueFull
 from server.voices.config import VoicesConfig
 from server.voices.create_queue import CreateQueue
 from server.voices.registry import Clip, NewSegment, VoiceLimits, VoiceRegistry
-from server.voices.store import VoiceStore
-from server.voices.types import VoiceQuotaExceeded
+from server.voices.store import FORMAT, FORMAT_VERSION, SUFFIX, VoiceStore
+from server.voices.types import VoiceQuotaExceeded, VoiceUnusable, valid_name
 from server.voices.wire import decode_segments
 
 TOKENIZER = load_tokenizer("offline")
@@ -179,3 +181,29 @@ def test_max_voices_and_bytes_are_exact_under_concurrent_creates(tmp_path, limit
           f"{reg.usage().voices} stored")
     assert sorted(outcome.values()) == sorted(["created"] * 3 + [limit] * 5)
     assert reg.usage().voices == 3
+
+
+@pytest.mark.parametrize("name", ["١٢٣", "voice٣", "v\u0663", "ｖoice", "\u0130", "a\n", "k\u212a"])
+def test_names_take_ascii_letters_and_digits_only(tmp_path, name):
+    """Arabic-Indic and other digits are digits to \\d and int(); a name takes ASCII alone."""
+    assert not valid_name(name)
+    with pytest.raises(InvalidRequest) as refused:
+        registry(tmp_path).create(name, [NewSegment(0, "Words.", Clip(np.zeros(1600, np.float32), 16_000))])
+    assert [v.field for v in refused.value.violations] == ["name"]
+
+
+@pytest.mark.parametrize(("field", "value"), [("speaker", "٣"), ("speaker", 1.7), ("speaker", True),
+                                               ("prompt_frames", "13")])
+def test_a_stored_voice_takes_json_integers_only(tmp_path, field, value):
+    """A file written by anything else (or damaged) is unusable, not read with int(), which takes
+    "٣" as 3 and 1.7 as 1."""
+    voice = registry(tmp_path).create("kept", [NewSegment(1, "Words.", Clip(np.zeros(16_000, np.float32), 16_000))])
+    segment = {"speaker": 1, "text": "Words.", "prompt_frames": voice.segments[0].prompt_frames, field: value}
+    manifest = {"name": "kept", "description": "", "created_at": voice.created_at, "codec": voice.codec,
+                "content_hash": voice.content_hash, "segments": [segment]}
+    path = tmp_path / f"kept{SUFFIX}"
+    path.unlink()
+    path.write_bytes(save_tensors({"segments.0.codes": np.asarray(voice.segments[0].codes)}, metadata={
+        "format": FORMAT, "version": FORMAT_VERSION, "voice": json.dumps(manifest)}))
+    with pytest.raises(VoiceUnusable, match="is not an integer"):
+        VoiceStore(tmp_path).read("kept")
