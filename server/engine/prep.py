@@ -113,7 +113,10 @@ class PrepWorker:
                     audio, rate = decode_audio(seg.audio.data, seg.audio.encoding, seg.audio.sample_rate or None,
                                                max_seconds=limit)
                 except AudioTooLong as e:
-                    w.violations.append(rules.clip_too_long(f"context[{i}].audio", e, self._limits, room, "a request"))
+                    field = f"context[{i}].audio"
+                    w.violations.append(rules.clip_too_long(field, e, self._limits) or Violation(
+                        field, f"the clips up to this one take more than the {room:.1f} s of audio a request can "
+                               "hold: send less or shorter audio"))
                     continue
                 except AudioDecodeError as e:
                     w.violations.append(Violation(f"context[{i}].audio", str(e)))

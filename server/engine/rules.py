@@ -214,16 +214,13 @@ def context_audio_room_s(limits: EngineLimits) -> float:
     return limits.max_seq_len * FRAME_MS / 1000
 
 
-def clip_too_long(field: str, error: AudioTooLong, limits: EngineLimits, room_s: float, holder: str) -> Violation:
-    """A clip refused while it was decoded: past max_context_audio_s, or, with the clips before
-    it, past the `room_s` seconds of audio that `holder` ("a request", "a voice") can hold."""
+def clip_too_long(field: str, error: AudioTooLong, limits: EngineLimits) -> Violation | None:
+    """A clip refused while it was decoded, when it passed max_context_audio_s; None when the
+    limit that stopped it was lower (the room the clips before it left: the caller says whose)."""
     problem = None if error.seconds is None else _audio_seconds_rule(error.seconds, limits)
     if problem is None and error.limit_s >= limits.max_context_audio_s:
         problem = str(error)  # decoding stopped at max_context_audio_s
-    if problem is not None:
-        return Violation(field, problem)
-    return Violation(field, f"the clips up to this one take more than the {room_s:.1f} s of audio {holder} can "
-                            "hold: send less or shorter audio")
+    return None if problem is None else Violation(field, problem)
 
 
 def check_prompt_fits(prompt_len: int, frames: int, limits: EngineLimits) -> Violation | None:

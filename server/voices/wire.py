@@ -40,7 +40,10 @@ def decode_segments(segments: Sequence[pb.Segment], limits: VoiceLimits) -> list
                                               max_seconds=limit))
                     used += clip.seconds
                 except AudioTooLong as e:
-                    problems = [clip_too_long(field, e, limits.engine, room, "a voice (leaving room to speak)")]
+                    problems = [clip_too_long(field, e, limits.engine) or Violation(
+                        "segments", f"the segments' audio passes the {room:.1f} s a voice can hold and leave room "
+                                    "to speak: use less or shorter audio")]
+                    problems = [p for p in problems if p not in violations]  # the room is passed once
                 except AudioDecodeError as e:
                     problems = [Violation(field, str(e))]
             violations.extend(problems)
