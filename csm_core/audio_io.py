@@ -144,7 +144,7 @@ def _decode_opus(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, in
 def _decode_container(data: bytes, wav_only: bool, max_seconds: float | None) -> tuple[np.ndarray, int]:
     expected = "WAV" if wav_only else "WAV, FLAC, Ogg/Vorbis or Ogg/Opus"
     try:
-        with sf.SoundFile(io.BytesIO(data)) as audio:
+        with _Sequential(io.BytesIO(data)) as audio:
             if wav_only and audio.format not in _WAV_FORMATS:
                 raise AudioDecodeError(
                     f"encoding says WAV but the data is {audio.format}: send WAV or use encoding auto"
@@ -156,20 +156,21 @@ def _decode_container(data: bytes, wav_only: bool, max_seconds: float | None) ->
             if declared is not None:
                 _check_length(declared, rate, max_seconds)
             limit = float("inf") if max_seconds is None else max_seconds * rate
-            try:
-                return _read_blocks(audio, declared, limit, max_seconds), rate
-            except sf.SoundFileError as error:
-                if declared is None:
-                    raise AudioDecodeError(
-                        "cannot decode the audio: it does not declare its length (as a stream written to a pipe "
-                        f"does) and {audio.format} cannot be read without it: send it written to a file, or WAV"
-                    ) from error
-                raise
+            return _read_blocks(audio, declared, limit, max_seconds), rate
     except sf.SoundFileError as error:
         reason = (getattr(error, "error_string", None) or "unreadable data").rstrip(".")
         raise AudioDecodeError(
             f"cannot decode the audio ({reason}): send {expected}, or raw PCM with its encoding"
         ) from error
+
+
+class _Sequential(sf.SoundFile):
+    """A sound file read front to back. soundfile seeks after every read of a seekable file, and
+    that seek fails on a stream that does not declare its length (FLAC written while streaming,
+    as this server's own HTTP `flac` output is); reading front to back never needs it."""
+
+    def seekable(self) -> bool:
+        return False
 
 
 def _read_blocks(audio: sf.SoundFile, declared: int | None, limit: float, max_seconds: float | None) -> np.ndarray:

@@ -15,10 +15,11 @@ import torch
 
 from csm_core.constants import FRAME_SAMPLES, NUM_CODEBOOKS, SAMPLE_RATE
 from csm_core.text import load_tokenizer
+from server.audio_encoding import FFmpegEncoder
 from server.engine import prep
 from server.engine.messages import Prepared, PrepFailed, PrepJob
 from server.engine.prep import PrepWorker, _Work
-from server.engine.types import ContextSegment, EncodedAudio, EngineLimits, SynthesisParams
+from server.engine.types import ContextSegment, EncodedAudio, EngineLimits, OutputEncoding, SynthesisParams
 
 LIMITS = EngineLimits(max_slots=4, max_queue=16, max_seq_len=512, max_text_chars=200, max_context_segments=4,
                       max_speaker_id=3, max_audio_ms=20_000, default_max_audio_ms=8_000, max_context_audio_s=30.0,
@@ -85,3 +86,14 @@ def test_a_decoder_failure_ends_its_request_not_the_thread(worker, monkeypatch):
     worker._prepare([job(1, flac(1.0)), job(2)])
     assert [type(r) for r in reports] == [Prepared, PrepFailed]
     assert reports[1].error == "context[0].audio could not be decoded: decoder panicked"
+
+
+def test_this_servers_own_flac_is_usable_context(worker):
+    """The HTTP API's `flac` is written while streaming, without its length: as context it once
+    raised a ValueError out of the prep thread (every later request then waited forever)."""
+    worker, reports, mimi = worker
+    encoder = FFmpegEncoder(OutputEncoding.FLAC, SAMPLE_RATE)
+    pcm = (0.3 * np.sin(np.arange(SAMPLE_RATE * 2) / 7.0)).astype(np.float32)
+    data = b"".join(encoder.encode(pcm[i:i + FRAME_SAMPLES]) for i in range(0, len(pcm), FRAME_SAMPLES))
+    worker._prepare([job(1, EncodedAudio(data + encoder.flush()))])
+    assert [type(r) for r in reports] == [Prepared] and mimi.waves == [2 * SAMPLE_RATE]
