@@ -134,7 +134,9 @@ def _decode_opus(data: bytes, max_seconds: float | None) -> tuple[np.ndarray, in
         raise AudioTooLong(max_seconds, None)
     try:
         channels, rate = sphn.read_opus_bytes(data)  # [channels, samples] float32, always 48 kHz
-    except Exception as error:
+    except BaseException as error:  # a panic in sphn's Rust arrives as pyo3's PanicException, a BaseException
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
         raise AudioDecodeError(f"cannot decode the audio as Ogg/Opus ({error}): send a valid .opus stream") from error
     if channels.shape[0] > 1:
         raise AudioDecodeError(f"stereo audio is not supported: send mono (got {channels.shape[0]} channels)")

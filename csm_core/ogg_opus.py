@@ -23,8 +23,9 @@ _CONTINUED = 0x01  # page flag: its first packet continues the last packet of th
 _OPUS_HEAD = b"OpusHead"
 _OPUS_TAGS = b"OpusTags"
 _HEAD_CHANNELS = 9  # byte of OpusHead holding the channel count
+_HEAD_SIZE = 19  # an OpusHead's fields (RFC 7845, 5.1): sphn reads them all, and panics on a shorter one
 MAX_IDLE = 1024  # pages and packets without audio a stream may hold (headers, tags, empty pages)
-_PREFIX = 16  # bytes kept of each packet: enough for its magic, its TOC byte and frame count, the channel count
+_PREFIX = _HEAD_SIZE  # bytes kept of each packet: its magic, its TOC byte and frame count, an OpusHead
 
 
 @dataclass(slots=True, frozen=True)
@@ -63,8 +64,9 @@ def packet_samples(packet: bytes) -> int:
 def opus_length(data: bytes, stop_after: float = float("inf")) -> OpusLength:
     """The channel count and the samples a decoder makes of this Ogg/Opus stream, counted from
     its packets; the count stops once it passes `stop_after` samples. ValueError for a stream a
-    decoder refuses (a packet that is not Opus), or one padded with more than MAX_IDLE pages and
-    packets that carry no audio: the work is bounded by the audio, not by the size of the bytes."""
+    decoder refuses (a packet that is not Opus, an OpusHead cut short), or one padded with more
+    than MAX_IDLE pages and packets that carry no audio: the work is bounded by the audio, not by
+    the size of the bytes."""
     channels = samples = idle = 0
     partial: dict[int, bytes] = {}  # logical stream -> the first bytes of its packet still open
     pos = 0
@@ -85,7 +87,9 @@ def opus_length(data: bytes, stop_after: float = float("inf")) -> OpusLength:
             offset += size
             if size < 255:  # the packet ends here
                 if prefix.startswith(_OPUS_HEAD):
-                    channels = prefix[_HEAD_CHANNELS] if len(prefix) > _HEAD_CHANNELS else 0
+                    if len(prefix) < _HEAD_SIZE:
+                        raise ValueError(f"its OpusHead has {len(prefix)} bytes, fewer than {_HEAD_SIZE}")
+                    channels = prefix[_HEAD_CHANNELS]
                     idle += 1
                 elif prefix.startswith(_OPUS_TAGS):
                     idle += 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 import sys
 import time
@@ -229,3 +230,23 @@ def test_a_bomb_costs_at_most_a_few_mb(tmp_path, hour_of_flac):
     for name, (grown, outcome) in growth.items():
         assert "longer than the 120 s accepted" in outcome, (name, outcome)
         assert grown < 8 * 2**20, (name, grown)
+
+
+def test_an_opus_head_cut_short_is_refused_before_sphn_reads_it():
+    """sphn indexes all 19 bytes of an OpusHead: a shorter one made it panic (pyo3's
+    PanicException, a BaseException that went past every `except Exception`)."""
+    page = struct.pack("<4sBBqIIIB", b"OggS", 0, 2, 0, 1, 0, 0, 1) + bytes([8]) + b"OpusHead"
+    with pytest.raises(AudioDecodeError, match="its OpusHead has 8 bytes, fewer than 19"):
+        decode_audio(page, "auto", None, max_seconds=LIMIT_S)
+
+
+def test_a_panic_in_sphn_is_a_decode_error(tmp_path, monkeypatch):
+    class PanicException(BaseException):  # what pyo3 raises for a Rust panic
+        pass
+
+    def panics(data):
+        raise PanicException("index out of bounds")
+
+    monkeypatch.setattr(sphn, "read_opus_bytes", panics)
+    with pytest.raises(AudioDecodeError, match="index out of bounds"):
+        decode_audio(opus_silence(tmp_path, repeats=1), "ogg_opus", None, max_seconds=LIMIT_S)
