@@ -203,7 +203,7 @@ def test_bombs_cost_a_few_mb_and_requests_beside_them_start_promptly(engine, mim
         "CreateVoice, FLAC as segments[1].audio": ({"rpc": "create", "name": "bomb", "segments": [
             ["Fine.", str(ok)], ["Silence.", str(flac)]]}, "segments[1].audio"),
         "CreateVoice, Opus as segments[0].audio": ({"rpc": "create", "name": "bomb", "segments": [
-            ["Silence.", str(opus)]]}, "segments[0].audio"),
+            ["Silence.", str(opus)]]}, "segments"),  # counting stopped at the 15.8 s a tiny voice holds
     }
     with voice_server(engine, mimi_encoder, tmp_path / "voices") as (server, client):
         client.create_voice("warm", [ContextTurn(text="Warm up.", audio=ok.read_bytes())], timeout=120)
