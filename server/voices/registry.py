@@ -114,8 +114,9 @@ class VoiceRegistry:
             usage = self.store.usage()
             self._check_count(usage)
             if usage.bytes + len(data) > self.limits.max_bytes:
-                raise VoiceQuotaExceeded("bytes", f"voices take {usage.bytes} bytes and this one {len(data)}: more "
-                                                  f"than the limit of {self.limits.max_bytes}; delete some voices first")
+                raise VoiceQuotaExceeded("bytes", f"voices take {usage.bytes} bytes and this one {len(data)}: "
+                                                  f"more than the limit of {self.limits.max_bytes}; delete some "
+                                                  "voices first")
             voice = self.store.create(voice, data)
         log.info("created voice %r: %d segments, %.1f s of audio, %d prompt positions, %d bytes, in %.2f s",
                  name, len(voice.segments), voice.audio_ms / 1000, voice.prompt_frames, voice.size_bytes,
