@@ -151,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
          "voices each tenant may store; more get RESOURCE_EXHAUSTED", type=int)
     flag("--max-voice-bytes", "CSM_MAX_VOICE_BYTES", str(256 * 1024 * 1024),
          "bytes each tenant's stored voices may take; more get RESOURCE_EXHAUSTED", type=int)
+    flag("--max-voice-creates", "CSM_MAX_VOICE_CREATES", "8",
+         "CreateVoice calls one server holds at once, of every tenant (one encoding, the rest waiting); more get "
+         "RESOURCE_EXHAUSTED with RetryInfo", type=int)
     return parser
 
 
@@ -271,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             tokenizer=args.tokenizer,
         )
         voices_config = VoicesConfig(directory=args.voices_dir, max_voices=args.max_voices,
-                                     max_bytes=args.max_voice_bytes)
+                                     max_bytes=args.max_voice_bytes, max_pending_creates=args.max_voice_creates)
         server_config.ssl_context()  # TLS files that do not load fail now, not after the model has loaded
     except ValueError as exc:
         parser.error(str(exc))

@@ -2,8 +2,9 @@
 
 import numpy as np
 
+from csm_core.audio_io import AudioTooLong
 from server.engine import rules
-from server.engine.types import ContextSegment, EncodedAudio, EngineLimits, SynthesisParams
+from server.engine.types import ContextSegment, EncodedAudio, EngineLimits, SynthesisParams, Violation
 
 LIMITS = EngineLimits(max_slots=4, max_queue=8, max_seq_len=512, max_text_chars=100, max_context_segments=2,
                       max_speaker_id=3, max_audio_ms=10_000, default_max_audio_ms=4_000, max_context_audio_s=5.0,
@@ -58,7 +59,14 @@ def test_checks_after_preparation():
     v = rules.check_prompt_fits(500, 13, LIMITS)
     assert v.field == "max_audio_ms" and "at most 960" in v.description
     assert "shorten the context" in rules.check_prompt_fits(512, 1, LIMITS).description
-    assert rules.check_decoded_audio(2, 4.9, LIMITS) is None
-    assert rules.check_decoded_audio(2, 5.5, LIMITS).field == "context[2].audio"
+    assert rules.context_audio_room_s(LIMITS) == LIMITS.max_seq_len * 0.08
+    too_long = rules.clip_too_long("context[2].audio", AudioTooLong(5.0, 5.5), LIMITS)
+    assert too_long == Violation("context[2].audio", "5.5 s is longer than the 5 s accepted")
+    stopped = rules.clip_too_long("context[2].audio", AudioTooLong(5.0, None), LIMITS)
+    assert stopped.description == "runs longer than the 5 s accepted"
+    hour = rules.clip_too_long("context[2].audio", AudioTooLong(1.5, 3600.0), LIMITS)
+    assert hour.description == "3600.0 s is longer than the 5 s accepted"  # its own limit, though less room was left
+    for seconds in (None, 4.0):  # stopped by the room left, not by the clip's own limit
+        assert rules.clip_too_long("context[2].audio", AudioTooLong(1.5, seconds), LIMITS) is None
     assert rules.max_frames(SynthesisParams(text="Hi"), LIMITS) == 50  # default 4000 ms / 80 ms
     assert rules.max_frames(SynthesisParams(text="Hi", max_audio_ms=250), LIMITS) == 3  # an upper bound

@@ -7,7 +7,7 @@ MODULES = ["csm_wire", "csm_client", "csm_client.csm_say", "csm_client.csm_voice
            "csm_client.loadtest", "server.servicer", "server.app", "server.proto_convert", "server.engine.types",
            "server.engine.rules", "server.audio_encoding", "server.metrics", "server.auth", "server.errors",
            "server.cli", "server.voices.registry", "server.voices.store", "server.voices.servicer",
-           "server.voices.synthesis", "server.voices.wire", "server.http_api", "server.openai_speech",
+           "server.voices.synthesis", "server.voices.wire", "server.voices.create_queue", "csm_core.ogg_opus", "server.http_api", "server.openai_speech",
            "server.front.delivery", "server.front.door", "server.front.voices", "server.front.engine_client", "server.listeners", "server.reflection", "server.tempo", "server.malformed",
            "server.engine.scheduler", "server.engine.prefix_cache", "server.engine.context_window",
            "server.engine.conversation", "server.converse.call", "server.converse.sentences", "server.converse.turns"]

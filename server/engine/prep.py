@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from csm_core.audio_io import AudioDecodeError, decode_audio, resample
+from csm_core.audio_io import AudioDecodeError, AudioTooLong, decode_audio, resample
 from csm_core.constants import SAMPLE_RATE
 from csm_core.framing import Prompt, Segment, build_prompt, segment_frames
 from csm_core.mimi import MimiCodec
@@ -84,32 +84,49 @@ class PrepWorker:
                 return
 
     def _prepare(self, work: list[_Work]) -> None:
+        """Jobs with no audio to decode or encode first, so that they never wait behind another
+        job's audio; then the others' audio, decoded one clip at a time and encoded in one call."""
+        plain, with_audio = [], []
         for w in work:
+            (with_audio if any(seg.audio is not None for seg in w.job.params.context) else plain).append(w)
+        for w in with_audio:
             self._decode(w)
-        self._encode([w for w in work if w.ok])
-        for w in work:
+        self._encode([w for w in with_audio if w.ok])
+        for w in plain + with_audio:
             if w.ok:
                 self._build(w)  # reports Prepared when it succeeds
             if not w.ok:
                 self._report(PrepFailed(w.job.id, tuple(w.violations), w.error))
 
     def _decode(self, w: _Work) -> None:
-        """Context audio -> 24 kHz waves; audio that cannot be used becomes a violation."""
+        """Context audio -> 24 kHz waves; audio that cannot be used becomes a violation. Each clip
+        is decoded up to max_context_audio_s and, with those before it, up to the audio a slot
+        holds: past either it is refused without being decoded whole."""
+        room = rules.context_audio_room_s(self._limits)
+        used = 0.0  # seconds of the job's audio before this clip
         for i, seg in enumerate(w.job.params.context):
             if seg.audio is None:
                 continue
             if isinstance(seg.audio, EncodedAudio):
+                limit = min(self._limits.max_context_audio_s, max(0.0, room - used))
                 try:
-                    audio, rate = decode_audio(seg.audio.data, seg.audio.encoding, seg.audio.sample_rate or None)
+                    audio, rate = decode_audio(seg.audio.data, seg.audio.encoding, seg.audio.sample_rate or None,
+                                               max_seconds=limit)
+                except AudioTooLong as e:
+                    field = f"context[{i}].audio"
+                    w.violations.append(rules.clip_too_long(field, e, self._limits) or Violation(
+                        field, f"the clips up to this one take more than the {room:.1f} s of audio a request can "
+                               "hold: send less or shorter audio"))
+                    continue
                 except AudioDecodeError as e:
                     w.violations.append(Violation(f"context[{i}].audio", str(e)))
                     continue
-                violation = rules.check_decoded_audio(i, len(audio) / rate, self._limits)
-                if violation is not None:
-                    w.violations.append(violation)
-                    continue
+                except Exception as e:  # a decoder's own failure ends this request, never the prep thread
+                    w.error = f"context[{i}].audio could not be decoded: {e}"
+                    return
             else:
                 audio, rate = seg.audio, seg.sample_rate
+            used += len(audio) / rate
             try:
                 w.waves[i] = resample(torch.from_numpy(np.asarray(audio, np.float32)), rate, SAMPLE_RATE)
             except Exception as e:

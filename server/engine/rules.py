@@ -6,8 +6,9 @@ once. Rules run at two moments:
 
 - `check(params, limits)` when a request is submitted, on the caller's thread: sizes, ranges
   and formats, all cheap (no decoding, no tokenizing), so a huge request is refused at once.
-- `check_prepared(...)` on the prep thread, once context audio is decoded and the prompt is
-  built: audio that cannot be decoded or is too long, and whether prompt + audio fit a slot.
+- on the prep thread, as context audio is decoded and once the prompt is built: audio that
+  cannot be decoded or is too long (`clip_too_long`: found before the clip is decoded whole),
+  and whether prompt + audio fit a slot (`check_prompt_fits`).
 
 Every violation of a moment is reported together (one InvalidRequest / INVALID_ARGUMENT).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from csm_core.audio_io import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RAW_SAMPLE_BYTES
+from csm_core.audio_io import ENCODINGS, MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, RAW_SAMPLE_BYTES, AudioTooLong
 from csm_core.constants import AUDIO_VOCAB_SIZE, FRAME_MS, MAX_TEMPERATURE
 from server.output_rates import rate_rule, supported_rate
 from server.engine.types import (
@@ -120,7 +121,7 @@ def _raw_audio_rate(audio: EncodedAudio | None, lim: EngineLimits) -> str | None
 
 
 def _context_audio(audio: np.ndarray | EncodedAudio | None, lim: EngineLimits) -> str | None:
-    """What can be known before decoding; containers are measured once decoded (check_prepared)."""
+    """What can be known before decoding; containers are measured as they are decoded (clip_too_long)."""
     if audio is None:
         return None
     if isinstance(audio, np.ndarray):
@@ -174,7 +175,7 @@ def _violations(params: SynthesisParams, limits: EngineLimits, segments_only: bo
                 yield Violation(rule.field.format(i=i), problem)
 
 
-_SEGMENT_FIELD = re.compile(r"context\[(\d+)\](.*)")
+_SEGMENT_FIELD = re.compile(r"context\[([0-9]+)\](.*)")
 
 
 def split_segment_field(field: str) -> tuple[int, str] | None:
@@ -207,9 +208,19 @@ def encoded_audio_violations(field: str, audio: EncodedAudio) -> list[Violation]
     return [Violation(f, p) for f, p in problems if p is not None]
 
 
-def check_decoded_audio(index: int, seconds: float, limits: EngineLimits) -> Violation | None:
-    problem = _audio_seconds_rule(seconds, limits)
-    return None if problem is None else Violation(f"context[{index}].audio", problem)
+def context_audio_room_s(limits: EngineLimits) -> float:
+    """Seconds of context audio one request can hold at most: every 80 ms frame takes a position
+    of its slot. Decoding stops there, so a request's clips together cost at most this much."""
+    return limits.max_seq_len * FRAME_MS / 1000
+
+
+def clip_too_long(field: str, error: AudioTooLong, limits: EngineLimits) -> Violation | None:
+    """A clip refused while it was decoded, when it passed max_context_audio_s; None when the
+    limit that stopped it was lower (the room the clips before it left: the caller says whose)."""
+    problem = None if error.seconds is None else _audio_seconds_rule(error.seconds, limits)
+    if problem is None and error.limit_s >= limits.max_context_audio_s:
+        problem = str(error)  # decoding stopped at max_context_audio_s
+    return None if problem is None else Violation(field, problem)
 
 
 def check_prompt_fits(prompt_len: int, frames: int, limits: EngineLimits) -> Violation | None:

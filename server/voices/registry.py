@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ import numpy as np
 from csm_core.constants import FRAME_SAMPLES, MIMI_CODEBOOK_SIZE, NUM_CODEBOOKS, SAMPLE_RATE
 from server.engine import rules
 from server.engine.types import ContextSegment, EngineLimits, InvalidRequest, Violation
-from server.voices.config import VoicesConfig
+from server.voices.config import MAX_PENDING_CREATES, VoicesConfig
 from server.voices.store import VoiceStore, to_bytes
 from server.voices.types import (
     MAX_DESCRIPTION_CHARS, NAME_RULE, Voice, VoiceExists, VoiceQuotaExceeded, VoiceSegment, VoiceUnusable, VoiceUsage,
@@ -69,11 +70,13 @@ class VoiceLimits:
     max_bytes: int
     max_prompt_frames: int  # the model's context minus the room a default request needs
     engine: EngineLimits  # a voice's segments keep the rules of a request's context segments
+    max_pending_creates: int = MAX_PENDING_CREATES  # CreateVoice calls one server holds at once
 
     @classmethod
     def for_engine(cls, engine: EngineLimits, config: VoicesConfig) -> VoiceLimits:
         return cls(max_voices=config.max_voices, max_bytes=config.max_bytes,
-                   max_prompt_frames=max(0, engine.max_seq_len - rules.room_to_speak(engine)), engine=engine)
+                   max_prompt_frames=max(0, engine.max_seq_len - rules.room_to_speak(engine)), engine=engine,
+                   max_pending_creates=config.max_pending_creates)
 
 
 class VoiceRegistry:
@@ -82,6 +85,7 @@ class VoiceRegistry:
         self.limits = limits
         self._encoder = encoder
         self._tokenizer = tokenizer
+        self._publishing = threading.Lock()  # one creation at a time between counting the directory and publishing
 
     @property
     def codec(self) -> str:
@@ -95,10 +99,7 @@ class VoiceRegistry:
             raise InvalidRequest(violations)
         if self.store.exists(name):  # early, before encoding; the store checks again when it publishes
             raise VoiceExists(f"voice {name!r} exists already: delete it first, or pick another name")
-        usage = self.store.usage()
-        if usage.voices >= self.limits.max_voices:
-            raise VoiceQuotaExceeded("voices", f"{usage.voices} voices are stored (limit {self.limits.max_voices}): "
-                                               "delete some before creating more")
+        self._check_count(self.store.usage())  # early, before encoding; counted again when it publishes
         codes = [self._checked_codes(c, i) for i, c in
                  enumerate(self._encoder.encode([s.audio for s in segments]))]
         prompt = [segment_prompt_frames(self._text_tokens(s), c.shape[1]) for s, c in zip(segments, codes)]
@@ -109,10 +110,14 @@ class VoiceRegistry:
                       content_hash=content_hash((s.speaker, s.text, s.codes) for s in voice_segments),
                       codec=self.codec, created_at=time.time())
         data = to_bytes(voice)
-        if usage.bytes + len(data) > self.limits.max_bytes:
-            raise VoiceQuotaExceeded("bytes", f"voices take {usage.bytes} bytes and this one {len(data)}: more than "
-                                              f"the limit of {self.limits.max_bytes}; delete some voices first")
-        voice = self.store.create(voice, data)
+        with self._publishing:  # counted and published in one step: exact on one server (docs/api.md, Voices)
+            usage = self.store.usage()
+            self._check_count(usage)
+            if usage.bytes + len(data) > self.limits.max_bytes:
+                raise VoiceQuotaExceeded("bytes", f"voices take {usage.bytes} bytes and this one {len(data)}: "
+                                                  f"more than the limit of {self.limits.max_bytes}; delete some "
+                                                  "voices first")
+            voice = self.store.create(voice, data)
         log.info("created voice %r: %d segments, %.1f s of audio, %d prompt positions, %d bytes, in %.2f s",
                  name, len(voice.segments), voice.audio_ms / 1000, voice.prompt_frames, voice.size_bytes,
                  time.monotonic() - t0)
@@ -152,6 +157,11 @@ class VoiceRegistry:
         if deleted:
             log.info("deleted voice %r", name)
         return deleted
+
+    def _check_count(self, usage: VoiceUsage) -> None:
+        if usage.voices >= self.limits.max_voices:
+            raise VoiceQuotaExceeded("voices", f"{usage.voices} voices are stored (limit {self.limits.max_voices}): "
+                                               "delete some before creating more")
 
     def _text_tokens(self, segment: NewSegment) -> int:
         return len(self._tokenizer.encode_turn(segment.speaker, segment.text))

@@ -5,8 +5,10 @@ server/voices/tenants.py): another tenant's voices are not listed, read or delet
 one tenant uses is free for every other.
 
 Every call touches files and CreateVoice decodes and encodes audio, so the registry runs in
-worker threads, never on the event loop. Errors are domain exceptions, mapped to statuses
-by server.errors. A CreateVoice whose caller goes away may still store the voice: a retry
+worker threads, never on the event loop: CreateVoice on its own bounded queue
+(server/voices/create_queue.py, RESOURCE_EXHAUSTED past it), so that creations waiting for the
+encoder never hold the threads the other calls share. Errors are domain exceptions, mapped to
+statuses by server.errors. A CreateVoice whose caller goes away may still store the voice: a retry
 then answers ALREADY_EXISTS, and GetVoice's content_hash tells whether it is the same voice.
 """
 
@@ -18,6 +20,7 @@ from csm_wire import voices_pb2 as vpb
 from csm_wire import voices_pb2_grpc
 from server.auth import caller_tenant
 from server.engine.types import InvalidRequest, Violation
+from server.voices.create_queue import CreateQueue
 from server.voices.registry import VoiceRegistry
 from server.voices.tenants import TenantVoices
 from server.voices.types import Voice, VoiceNotFound, valid_name
@@ -29,12 +32,14 @@ MAX_PAGE_SIZE = 1000
 
 class VoicesServicer(voices_pb2_grpc.VoicesServicer):
     def __init__(self, registry: VoiceRegistry):
-        """`registry`: the voices directory's; each tenant's registry is made from it."""
+        """`registry`: the voices directory's; each tenant's registry is made from it. Creations
+        of every tenant share one bounded queue (the encoder is one)."""
         self._tenants = TenantVoices(registry)
+        self._creates = CreateQueue(registry.limits.max_pending_creates)
 
     # The tenant is read on the call's task, where the interceptor set it, and handed to the thread.
     async def CreateVoice(self, request: vpb.CreateVoiceRequest, context) -> vpb.Voice:
-        return voice_to_proto(await asyncio.to_thread(self._create, caller_tenant(), request))
+        return voice_to_proto(await self._creates.run(self._create, caller_tenant(), request))
 
     async def GetVoice(self, request: vpb.GetVoiceRequest, context) -> vpb.Voice:
         return voice_to_proto(await asyncio.to_thread(self._get, caller_tenant(), request.name))
@@ -49,8 +54,9 @@ class VoicesServicer(voices_pb2_grpc.VoicesServicer):
         return vpb.DeleteVoiceResponse(deleted=deleted)
 
     def _create(self, tenant: str, request: vpb.CreateVoiceRequest) -> Voice:
-        segments = decode_segments(request.segments)
-        return self._tenants.of(tenant).create(request.name, segments, request.description)
+        registry = self._tenants.of(tenant)
+        segments = decode_segments(request.segments, registry.limits)
+        return registry.create(request.name, segments, request.description)
 
     def _get(self, tenant: str, name: str) -> Voice:
         return self._tenants.of(tenant).get(name)

@@ -88,14 +88,27 @@ def from_bytes(data: bytes, size_bytes: int) -> Voice:
         if codes.dtype != np.int16:
             raise ValueError(f"segment {i}: codes are {codes.dtype}, expected int16")
         codes.flags.writeable = False
-        segments.append(VoiceSegment(int(seg["speaker"]), seg["text"], codes, int(seg["prompt_frames"])))
+        segments.append(VoiceSegment(_integer(seg["speaker"]), seg["text"], codes, _integer(seg["prompt_frames"])))
     voice = Voice(name=manifest["name"], description=manifest["description"], segments=tuple(segments),
                   content_hash=manifest["content_hash"], codec=manifest["codec"],
-                  created_at=float(manifest["created_at"]), size_bytes=size_bytes)
+                  created_at=_number(manifest["created_at"]), size_bytes=size_bytes)
     actual = content_hash((s.speaker, s.text, s.codes) for s in voice.segments)
     if actual != voice.content_hash:
         raise ValueError(f"content hash {actual} does not match the recorded {voice.content_hash}")
     return voice
+
+
+def _integer(value: object) -> int:
+    """A JSON integer as it was written; int() would also take "٣" or 3.7."""
+    if type(value) is not int:
+        raise ValueError(f"{value!r} is not an integer")
+    return value
+
+
+def _number(value: object) -> float:
+    if type(value) not in (int, float):
+        raise ValueError(f"{value!r} is not a number")
+    return float(value)
 
 
 class VoiceStore:

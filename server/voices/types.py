@@ -18,8 +18,9 @@ import numpy as np
 
 from csm_core.constants import FRAME_MS, NUM_CODEBOOKS
 
-# 1..64 characters, lowercase so that names never collide on case-insensitive filesystems.
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# 1..64 characters, lowercase so that names never collide on case-insensitive filesystems. The
+# classes are spelled out in ASCII: \w or \d would take letters and digits of every script.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}", re.ASCII)
 NAME_RULE = "1 to 64 characters from a-z, 0-9, '-' and '_', starting with a letter or a digit"
 MAX_DESCRIPTION_CHARS = 1000
 
