@@ -32,7 +32,22 @@ from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 from csm_core.config import LlamaFlavor
 
-ROW_MULTIPLE = 4  # CPU GEMM gives identical rows for any row count that is a multiple of this
+def _row_multiple() -> int:
+    """The smallest row count m such that a CPU GEMM gives each row the same result whenever the
+    rows are padded to a multiple of m, found on this CPU once: MKL's blocking depends on the
+    instruction set (4 rows sufficed on AVX2 machines; AVX-512 ones need 16). Exact mode pads to it."""
+    g = torch.Generator().manual_seed(0)
+    w, x = torch.randn(1024, 512, generator=g), torch.randn(64, 512, generator=g)
+    with torch.inference_mode():
+        full = F.linear(x, w)
+        for m in (4, 8, 16, 32, 64):
+            if all(torch.equal(F.linear(torch.cat([x[:n], x.new_zeros(-n % m, 512)]), w)[:n], full[:n])
+                   for n in (1, 2, 3, 5, 7, 9, 13, 17, 31, 33)):
+                return m
+    return 64
+
+
+ROW_MULTIPLE = _row_multiple()  # CPU GEMM gives identical rows for any row count that is a multiple of this
 ATTENTION_KINDS = ("rows", "flex")
 FLEX_BLOCK = 128  # keys per FlexAttention block: a slot reads its length rounded up to this
 

@@ -52,7 +52,7 @@ libc.malloc.restype = ctypes.c_void_p
 libc.free.argtypes = [ctypes.c_void_p]
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096
-libc.free(libc.malloc(8 << 20))  # a freed mapped block raises glibc's mmap threshold past 1 MiB
+libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: 1 MiB blocks come from the heap, whatever glibc's dynamic state
 big, pins = [], []
 for _ in range(200):  # 200 MiB in the heap, each block followed by a small one that stays
     block = libc.malloc(1 << 20)

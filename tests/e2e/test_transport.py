@@ -32,23 +32,12 @@ from server.http_server import HttpLimits
 
 from .conftest import start_tiny_engine
 from .harness import LoopbackServer, drain_quietly, free_port, long_audio_ms, wait_for
-from .test_auth_tls import TOKENS, make_ca, make_leaf
+from .test_auth_tls import TOKENS, certs  # noqa: F401 (fixture)
 from .test_cli_drain import STARTUP_TIMEOUT_S, csm_serve, health_status
 
 SPEECH = {"model": "tts-1", "voice": "0", "input": "Every port.", "response_format": "pcm"}
 SPEECH_BODY = json.dumps({**SPEECH, "seed": 1, "max_audio_ms": 240}).encode()
 REFUSED = (ssl.SSLError, OSError, http.client.HTTPException)  # OSError: resets, EOF mid-handshake
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    make_ca(d, "ca")
-    make_ca(d, "other-ca")
-    make_leaf(d, "server", "ca", "DNS:localhost,IP:127.0.0.1")
-    make_leaf(d, "client", "ca", "DNS:csm-test-client")
-    make_leaf(d, "stranger", "other-ca", "DNS:csm-test-stranger")
-    return d
 
 
 def tls_files(certs: Path, mutual: bool = False) -> dict:
