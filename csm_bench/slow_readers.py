@@ -55,9 +55,10 @@ print(json.dumps(out))
 """
 
 
-def run(preset: str, slots: int, slow: int, slow_audio_ms: int, slowness: float, normal: int,
+def run(preset: str, slots: int, slow: int, slow_audio_ms: int, slowness: float, normal: int, watermark: bool,
         preempt: bool) -> dict:
-    config = EngineConfig(model=preset, max_slots=slots, max_queue=4 * slots, preempt_max=None if preempt else 0)
+    config = EngineConfig(model=preset, max_slots=slots, max_queue=4 * slots, watermark=watermark,
+                          preempt_max=None if preempt else 0)
     with tempfile.TemporaryDirectory() as voices:
         server = Loopback(config, voices)
         try:
@@ -101,12 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--slots", type=int, default=8)
     p.add_argument("--slow", type=int, default=12, help="slow readers (more than --slots)")
     p.add_argument("--slow-audio-ms", type=int, default=12_000)
-    p.add_argument("--slowness", type=float, default=2.0, help="a slow reader takes this long per second of audio")
-    p.add_argument("--normal", type=int, default=20, help="normal requests, one after another")
+    p.add_argument("--slowness", type=float, default=3.0,
+                   help="a slow reader takes this long per second of audio (slower than the server makes it: "
+                        "otherwise nothing is ahead of its reader and there is nothing to preempt)")
+    p.add_argument("--normal", type=int, default=10, help="normal requests, one after another")
+    p.add_argument("--watermark", choices=("on", "off"), default="on")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
-    results = [run(args.preset, args.slots, args.slow, args.slow_audio_ms, args.slowness, args.normal, preempt)
-               for preempt in (False, True)]
+    results = [run(args.preset, args.slots, args.slow, args.slow_audio_ms, args.slowness, args.normal,
+                   args.watermark == "on", preempt) for preempt in (False, True)]
     for r in results:
         t = r["normal_ttfa_ms"]
         print(f"preemption {'on ' if r['preemption'] else 'off'}: normal TTFA p50 {t['p50']:.0f} ms, p95 {t['p95']:.0f} "

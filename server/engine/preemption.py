@@ -8,7 +8,8 @@ streams furthest ahead of their readers, at least `ahead_s` of unread audio each
 their KV rows are copied to host memory (server/engine/kv_swap.py), their slots go back to the
 scheduler, and each keeps its Mimi row and output worker, so nothing it has made is lost or
 reordered. Once its reader is down to `ahead_s / 2` unread (and it is not paused) it queues again,
-behind the requests already waiting (they have no audio yet; its reader has some), and in the step that gives it a slot its rows are copied back and it makes
+behind every new request, waiting or still to come (they have no audio yet; its reader has some),
+and in the step that gives it a slot its rows are copied back and it makes
 its next frame: the same frames, the same audio, as if it had never stopped. A fresh request is
 never preempted (it has nothing unread), nor is a conversation's turn (its slot is the
 conversation's), nor a stream whose rows do not fit the swap budget.

@@ -126,9 +126,14 @@ class Scheduler:
         self.held: OrderedDict[int, int] = OrderedDict()  # session -> its slot, least recently used first
 
     def add(self, request: Request) -> None:
-        """A prepared request (its prompt is known) queues for a slot, or for its session's."""
+        """A prepared request (its prompt is known) queues for a slot, or for its session's, ahead
+        of resumed ones: it has no audio yet, their readers still have some to play."""
         request.status = RequestStatus.WAITING
-        self.waiting.append(request)
+        resumed = next((i for i, r in enumerate(self.waiting) if r.swapped), None)
+        if resumed is None:
+            self.waiting.append(request)
+        else:
+            self.waiting.insert(resumed, request)
 
     def slot_of(self, session: int) -> int | None:
         return self.held.get(session)
@@ -261,8 +266,8 @@ class Scheduler:
         self.preempted.append(req)
 
     def resume(self, req: Request) -> None:
-        """A preempted request's reader caught up: it queues for a slot like a new request (its
-        reader still has audio to play; a new request has none yet)."""
+        """A preempted request's reader caught up: it queues for a slot, behind the new requests
+        (`add`)."""
         self.preempted.remove(req)
         req.status = RequestStatus.WAITING
         self.waiting.append(req)
