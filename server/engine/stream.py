@@ -1,7 +1,8 @@
 """The hand-off of one request's events from the engine to its consumer, with flow control.
 
 An output worker pushes a stream's audio and its Finished event (the engine thread pushes
-Finished itself for a request that never got a slot); a consumer either iterates
+Finished itself for a request that never got a slot, and for every request once the engine has
+stopped on an error); a consumer either iterates
 synchronously (`for ev in stream`) or asynchronously (`async for ev in stream`) on the event
 loop the stream was created on. `cancel` reaches the engine through its control channel.
 
@@ -34,6 +35,7 @@ class RequestStream:
         self._lock = threading.Lock()
         self._unread_ms = 0  # audio pushed and not yet taken by the consumer
         self._paused = False
+        self._finished = False  # a Finished event was pushed
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -46,6 +48,8 @@ class RequestStream:
         """Deliver an event (any thread). Never raises: a closed loop means nobody listens."""
         if isinstance(event, AudioOut):
             self._count(event.frames * FRAME_MS)
+        elif isinstance(event, Finished):
+            self._finished = True
         if self._loop is None:
             self._squeue.put(event)
             return
@@ -61,6 +65,10 @@ class RequestStream:
     @property
     def unread_ms(self) -> int:
         return self._unread_ms
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     def _count(self, ms: int) -> None:
         """Adds (pushed) or removes (taken) unread audio; pauses or resumes the request."""
