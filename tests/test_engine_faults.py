@@ -285,7 +285,7 @@ def test_an_error_escaping_a_pipeline_thread_stops_the_engine_and_ends_every_req
     fatal: list[BaseException] = []
     engine.add_fatal_observer(fatal.append)
     try:
-        running = [engine.submit(good(s, frames=1000)) for s in (101, 102, 103)]
+        running = [engine.submit(good(s, frames=300)) for s in (101, 102, 103)]
         for stream in running:
             first_audio(stream)  # decoding: they are in flight in every thread
         part, method, trigger = PIPELINE_BUGS[where]

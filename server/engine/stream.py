@@ -1,10 +1,11 @@
 """The hand-off of one request's events from the engine to its consumer, with flow control.
 
 An output worker pushes a stream's audio and its Finished event (the engine thread pushes
-Finished itself for a request that never got a slot, and for every request once the engine has
-stopped on an error); a consumer either iterates
-synchronously (`for ev in stream`) or asynchronously (`async for ev in stream`) on the event
-loop the stream was created on. `cancel` reaches the engine through its control channel.
+Finished itself for a request that never got a slot and, once a pipeline thread has stopped, for
+every request whose end it would not deliver; a request posted after the engine stopped on an
+error gets it on the posting thread); a consumer either iterates synchronously
+(`for ev in stream`) or asynchronously (`async for ev in stream`) on the event loop the stream
+was created on. `cancel` reaches the engine through its control channel.
 
 Flow control: the audio pushed and not yet taken by the consumer is counted. Past
 `pause_after_s` seconds of it the stream asks the engine to pause the request (it keeps its
