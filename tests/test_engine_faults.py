@@ -287,10 +287,12 @@ def test_an_error_escaping_a_pipeline_thread_stops_the_engine_and_ends_every_req
     try:
         running = [engine.submit(good(s, frames=300)) for s in (101, 102, 103)]
         for stream in running:
-            first_audio(stream)  # decoding: they are in flight in every thread
+            first_audio(stream)  # decoding, then paused with 10 s of audio unread: in flight until the end
         part, method, trigger = PIPELINE_BUGS[where]
         setattr(getattr(engine, part), method, _bug)
-        for stream in running + [engine.submit(trigger)]:
+        # The trigger first: reading a running stream would resume it (its reader caught up), and
+        # it could then end by length before the engine stops.
+        for stream in [engine.submit(trigger)] + running:
             end = end_of(stream)
             assert end.reason is FinishReason.ERROR and "engine stopped" in end.error, (stream.label, end)
         deadline = time.monotonic() + 5
