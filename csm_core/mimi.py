@@ -94,6 +94,10 @@ class MimiStreamDecoder:
     weights, so the codec can still encode and decode whole utterances in between.
     Only the decoder side streams (not the whole MimiModel): moshi would CUDA-graph a
     streaming MimiModel, which requires the same T on every call.
+
+    On CUDA moshi captures a CUDA graph of each streaming module's exec-mask update at its
+    second call; the constructor makes both calls, so the capture happens on the constructing
+    thread, before the engine's threads run work on the GPU alongside it.
     """
 
     def __init__(self, model: MimiModel, batch_size: int):
@@ -116,6 +120,11 @@ class MimiStreamDecoder:
         ]
         self._exits = [module.streaming(batch_size) for module in self._streaming]
         self._batched = _batched_state_tensors(self._streaming, batch_size)
+        if self._device.type == "cuda":
+            everyone = torch.ones(batch_size, dtype=torch.bool, device=self._device)  # the state's own mask
+            for _ in range(2):  # moshi's CUDAGraphed: the first call runs eagerly, the second captures
+                for module in self._streaming:
+                    module.set_exec_mask(everyone)
 
     def reset(self, rows: list[int]) -> None:
         """New requests took these rows: their state goes back to the start of a stream."""

@@ -1,11 +1,15 @@
 """The engine's threads with fake parts injected through `build(config, parts=...)`: a runner
 without a model and a Mimi whose audio spells out the codes it decoded, so every stream's
-audio can be checked against its own frames; and faults raised in each thread (prep, model
-step, Mimi, output) ending only their request, leaving no slot and no queued request behind."""
+audio can be checked against its own frames; faults raised in each thread (prep, model
+step, Mimi, output) ending only their request, leaving no slot and no queued request behind;
+and errors escaping a pipeline thread's loop (prep, Mimi, output) stopping the whole engine
+at once, with no request left waiting."""
 
 from __future__ import annotations
 
 import math
+import queue
+import threading
 import time
 from types import SimpleNamespace
 
@@ -19,7 +23,10 @@ from server.engine.config import EngineConfig
 from server.engine.engine import build
 from server.engine.parts import EngineParts
 from server.engine.runner import StepResult
-from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, ModelCard, SynthesisParams
+from server.engine.threads import PipelineStopped
+from server.engine.types import (
+    AudioOut, ContextSegment, EngineUnavailable, Finished, FinishReason, ModelCard, SynthesisParams,
+)
 
 SLOTS = 4
 BAD_CONTEXT_SAMPLES = 12_345  # the fake Mimi refuses to encode a wave of this length
@@ -123,8 +130,8 @@ class FakeWatermarker:
         return FakeWatermarker()
 
 
-@pytest.fixture(scope="module")
-def engine():
+def fake_engine():
+    """A started engine on the fake parts, two output workers."""
     parts = EngineParts(
         runner=FakeRunner(), tokenizer=load_tokenizer("offline"), codec=FakeCodec(), watermarker=FakeWatermarker(),
         card=ModelCard("fake", "custom", True, "cpu", "float32", 0, 0, 0, 0))
@@ -132,6 +139,12 @@ def engine():
                              watermark_first_chunk_frames=2, watermark_chunk_frames=3), parts=parts)
     eng.start()
     assert eng.wait_ready(30)
+    return eng
+
+
+@pytest.fixture(scope="module")
+def engine():
+    eng = fake_engine()
     yield eng
     eng.shutdown()
 
@@ -228,3 +241,74 @@ def test_cancel_while_preparing_or_waiting_leaves_nothing_behind(engine):
         _, end = run(stream)
         assert end.reason is FinishReason.CANCELLED
     assert_idle(engine)
+
+
+# -- a pipeline thread that stops stops the engine ----------------------------------------------
+class ThreadBug(RuntimeError):
+    """Raised where no per-request handling catches it: it escapes the thread's loop."""
+
+
+def _bug(*args, **kwargs):
+    raise ThreadBug("injected pipeline-thread bug")
+
+
+def end_of(stream, within_s: float = 10.0) -> Finished:
+    """The stream's Finished event, skipping its audio; fails if it does not come within `within_s`."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            ev = stream.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise AssertionError(f"request {stream.label!r} got no Finished within {within_s:g} s") from None
+        if isinstance(ev, Finished):
+            return ev
+
+
+def first_audio(stream) -> None:
+    ev = stream.get(timeout=10)
+    assert isinstance(ev, AudioOut), ev
+
+
+# Where the error is injected: a method of the thread's that runs outside any per-request handling,
+# and the request whose arrival makes the thread run it (the running streams may be paused by then).
+PIPELINE_BUGS = {
+    "prep": ("_prep", "_prepare", good(301, frames=4)),  # prepares it
+    "mimi decode": ("_mimi", "_gather", good(302, frames=4)),  # its first Mimi call
+    "mimi stream end": ("_mimi", "_end", good(303, frames=2)),  # it ends by length: its end is on its way
+    "output": ("_output", "_on_frames", good(304, frames=4)),  # its first decoded frames
+}
+
+
+@pytest.mark.parametrize("where", PIPELINE_BUGS)
+def test_an_error_escaping_a_pipeline_thread_stops_the_engine_and_ends_every_request(where):
+    engine = fake_engine()
+    fatal: list[BaseException] = []
+    engine.add_fatal_observer(fatal.append)
+    try:
+        running = [engine.submit(good(s, frames=300)) for s in (101, 102, 103)]
+        for stream in running:
+            first_audio(stream)  # decoding, then paused with 10 s of audio unread: in flight until the end
+        part, method, trigger = PIPELINE_BUGS[where]
+        setattr(getattr(engine, part), method, _bug)
+        # The trigger first: reading a running stream would resume it (its reader caught up), and
+        # it could then end by length before the engine stops.
+        for stream in [engine.submit(trigger)] + running:
+            end = end_of(stream)
+            assert end.reason is FinishReason.ERROR and "engine stopped" in end.error, (stream.label, end)
+        deadline = time.monotonic() + 5
+        while not fatal and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # told once, whatever else reports after
+        assert len(fatal) == 1 and fatal[0] is engine.failure
+        assert isinstance(engine.failure, PipelineStopped) and "injected pipeline-thread bug" in str(engine.failure)
+        assert not engine.ready
+        with pytest.raises(EngineUnavailable):
+            engine.submit(good(305, frames=4))
+        # A request that passed the ready check just before the engine stopped is refused at once.
+        end = end_of(engine._submit(good(306, frames=4)), within_s=2)
+        assert end.reason is FinishReason.ERROR and "engine stopped" in end.error
+    finally:
+        done = threading.Thread(target=engine.shutdown)
+        done.start()
+        done.join(30)
+    assert not done.is_alive(), "shutdown() did not return"

@@ -78,6 +78,29 @@ def test_acquire_waits_for_a_release():
     th.join()
 
 
+def test_failed_credits_wake_the_waiting_acquire_and_refuse_every_later_one():
+    credits = PacedCredits(0)
+    raised: list[BaseException] = []
+
+    def engine():
+        try:
+            credits.acquire()
+        except RuntimeError as e:
+            raised.append(e)
+
+    th = threading.Thread(target=engine)
+    th.start()
+    th.join(0.05)
+    assert th.is_alive()  # waiting for a credit
+    stopped = RuntimeError("the Mimi thread stopped")
+    credits.fail(stopped)
+    th.join(5)
+    assert not th.is_alive() and raised == [stopped]
+    credits.release(1)  # a credit given back after the failure is never taken
+    with pytest.raises(RuntimeError, match="Mimi thread stopped"):
+        credits.acquire()
+
+
 def test_expected_call_time_from_the_nearest_measured_shape():
     cost = CallCostModel()
     assert cost.expected_step_s((8, 4)) == 0.0  # nothing timed yet: no pacing

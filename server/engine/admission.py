@@ -1,8 +1,10 @@
 """How many requests the engine holds: submitted and not finished, at most slots + queue.
 
-`try_admit` runs on callers' threads when they submit; `release` runs on the engine thread
-only, once for every request it admitted, when it finishes (RequestBooks.finish,
-server/engine/books.py). That is the one place a request stops being counted, whatever ended it.
+`try_admit` runs on callers' threads when they submit; `release` runs once for every request
+admitted, when it finishes (RequestBooks.finish, server/engine/books.py, on the engine thread).
+That is the one place a request stops being counted, whatever ended it, but for a request posted
+to an engine that has stopped on an error, which is refused, and released, as it is posted
+(RequestBooks.refuse).
 """
 
 from __future__ import annotations

@@ -5,18 +5,18 @@ EngineStats snapshot published after every loop.
 error, a stalled reader, the shutdown): its slot goes back to the scheduler, its place to the
 admission count (a conversation's piece gives its frames to the context instead), and its
 Finished event follows its last frames through Mimi and its output worker or, when it never had
-a slot, goes to its stream at once. Engine thread only.
+a slot or once a pipeline thread has stopped (`break_pipeline`), goes to its stream at once.
+Engine thread only, but for `refuse`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-
-from server.engine.admission import Admission
-from server.engine.messages import StreamEnd
 from collections.abc import Callable
 
+from server.engine.admission import Admission
+from server.engine.messages import Control, SessionInterrupt, StreamEnd, Submitted
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.preemption import Preemption
 from server.engine.request import Request, RequestStatus
@@ -38,6 +38,8 @@ class RequestBooks:
         self._drop_swapped = drop_swapped  # frees the host copy of a preempted request's rows
         self._preemption = preemption
         self._requests: dict[int, Request] = {}  # every request not finished, by id
+        self._ending: list[StreamEnd] = []  # ends handed to Mimi, their Finished maybe not pushed yet
+        self._broken = False  # a pipeline thread stopped: ends go straight to their streams
 
     def open(self, req: Request) -> None:
         self._requests[req.id] = req
@@ -63,19 +65,45 @@ class RequestBooks:
         del self._requests[req.id]
         if error:
             log.warning("request %r ended (%s): %s", req.label, reason.value, error)
-        if req.stream is not None:  # it had a slot: its end follows its frames through Mimi and output
-            self._mimi.end(StreamEnd(req.stream, reason, error, req.num_frames, req.prompt_len, req.t_arrival,
-                                     req.t_admitted, req.t_finished, context))
+        if req.stream is not None and not self._broken:  # its end follows its frames through Mimi and output
+            end = StreamEnd(req.stream, reason, error, req.num_frames, req.prompt_len, req.t_arrival,
+                            req.t_admitted, req.t_finished, context)
+            self._ending = [e for e in self._ending if not e.stream.sink.finished]
+            self._ending.append(end)
+            self._mimi.end(end)
             return
         req.sink.push(Finished(
-            reason=reason, frames=0, prompt_frames=req.prompt_len, queue_s=req.t_finished - req.t_arrival,
-            ttfa_s=None, total_s=req.t_finished - req.t_arrival, watermarked=self._watermarked, error=error,
+            reason=reason, frames=req.num_frames, prompt_frames=req.prompt_len,
+            queue_s=(req.t_admitted or req.t_finished) - req.t_arrival, ttfa_s=None,
+            total_s=req.t_finished - req.t_arrival, watermarked=self._watermarked, error=error,
             violations=violations, context=context))
 
     def finish_all(self, reason: FinishReason, error: str) -> None:
         """Every request not finished yet (the engine stops)."""
         for req in list(self._requests.values()):
             self.finish(req, reason, error)
+
+    def break_pipeline(self, error: str) -> None:
+        """A pipeline thread stopped, so what was handed to Mimi may never reach its stream: each
+        stream whose end is on its way and not delivered ends now with ERROR, and from here on
+        every request's end goes straight to its stream."""
+        self._broken = True
+        for end in self._ending:
+            if not end.stream.sink.finished:
+                end.stream.sink.push(Finished(
+                    reason=FinishReason.ERROR, frames=end.frames, prompt_frames=end.prompt_frames,
+                    queue_s=end.t_admitted - end.t_arrival, ttfa_s=None, total_s=end.t_finished - end.t_arrival,
+                    watermarked=self._watermarked, error=error))
+        self._ending.clear()
+
+    def refuse(self, msg: Control, error: str) -> None:
+        """A message that reached the stopped engine: a request or an interrupt ends with ERROR at
+        once, on the posting thread (server/engine/control.py); anything else is dropped."""
+        if isinstance(msg, Submitted) and msg.turn is None:
+            self._admission.release()
+        if isinstance(msg, (Submitted, SessionInterrupt)):
+            msg.sink.push(Finished(reason=FinishReason.ERROR, frames=0, prompt_frames=0, queue_s=0.0, ttfa_s=None,
+                                   total_s=0.0, watermarked=self._watermarked, error=error))
 
     def stats(self) -> EngineStats:
         running = self._scheduler.running

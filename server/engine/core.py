@@ -5,10 +5,11 @@
 
 Other threads never touch a request: callers (Submitted, Cancel; conversations: SessionOpen,
 SessionInterrupt, SessionClose), the prep thread (Prepared, PrepFailed) and the Mimi and output
-threads (StreamFailed) post messages to the control channel (server/engine/control.py), which
-this thread drains at one fixed point, before it schedules, as vLLM drains its aborts. A
-request's status, and a conversation's context (server/engine/sessions.py), therefore change
-here only; a request ends in its books (server/engine/books.py).
+threads (StreamFailed; each of the three PipelineFailed, when it stops on an error) post
+messages to the control channel (server/engine/control.py), which this thread drains at one
+fixed point, before it schedules, as vLLM drains its aborts. A request's status, and a
+conversation's context (server/engine/sessions.py), therefore change here only; a request ends
+in its books (server/engine/books.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from server.engine.admission import Admission
 from server.engine.books import RequestBooks
 from server.engine.control import ControlChannel
 from server.engine.messages import (
-    Cancel, Control, MimiRow, MimiStep, Pause, Prepared, PrepFailed, PrepJob, Resume, SessionClose, SessionInterrupt,
-    SessionOpen, StreamFailed, StreamRef, Submitted, TurnKind,
+    Cancel, Control, MimiRow, MimiStep, Pause, PipelineFailed, Prepared, PrepFailed, PrepJob, Resume, SessionClose,
+    SessionInterrupt, SessionOpen, StreamFailed, StreamRef, Submitted, TurnKind,
 )
 from server.engine.mimi_decode import MimiDecoder
 from server.engine.preemption import Preemption
@@ -33,12 +34,13 @@ from server.engine.request import Request, RequestStatus
 from server.engine.runner import ModelRunner, StepResult
 from server.engine.scheduler import Scheduler, SchedulerOutput
 from server.engine.sessions import Sessions
-from server.engine.threads import pipeline_thread
+from server.engine.threads import PipelineStopped, pipeline_thread
 from server.engine.types import EngineStats, Finished, FinishReason, StepStats, Violation
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.1  # how long an idle engine waits for a message before looking again
+STOPPED = "the engine stopped; the server is restarting"  # the error of every request it leaves
 
 
 class EngineCore:
@@ -76,16 +78,21 @@ class EngineCore:
 
     # -- engine thread -----------------------------------------------------------------
     def _loop(self) -> None:
-        """Runs until stopped. An error escaping a step's own handling means the engine's state
-        cannot be trusted: every request ends with an error and the fatal observers are told
-        (the server turns NOT_SERVING and exits, so Kubernetes restarts it), never a silent hang."""
+        """Runs until stopped. An error escaping a step's own handling, or a pipeline thread that
+        stopped (PipelineStopped), means the engine's state cannot be trusted: every request ends
+        with an error, so does every message posted from now on (the channel closes), and the
+        fatal observers are told (the server turns NOT_SERVING and exits, so Kubernetes
+        restarts it), never a silent hang."""
         try:
             self._run()
         except BaseException as exc:
             self.failure = exc
             log.critical("the engine thread stopped", exc_info=exc)
             try:
-                self._books.finish_all(FinishReason.ERROR, "the engine stopped; the server is restarting")
+                self._control.close(lambda msg: self._books.refuse(msg, STOPPED))
+                if isinstance(exc, PipelineStopped):  # ends handed to Mimi may never reach their streams
+                    self._books.break_pipeline(STOPPED)
+                self._books.finish_all(FinishReason.ERROR, STOPPED)
             except BaseException:
                 log.exception("could not end the requests of the stopped engine")
             for fn in self.fatal_observers:
@@ -103,6 +110,8 @@ class EngineCore:
                 continue
             try:
                 self.step()
+            except PipelineStopped:  # Mimi stopped while the step waited for it: the engine stops
+                raise
             except Exception:  # a fault in the batched step: fail the batch, keep serving
                 log.exception("engine step failed; failing the requests in flight")
                 for req in list(self.scheduler.running):
@@ -118,6 +127,8 @@ class EngineCore:
                 self._submitted(msg)
             elif isinstance(msg, (SessionOpen, SessionInterrupt, SessionClose)):
                 self._session_message(msg)
+            elif isinstance(msg, PipelineFailed):
+                raise PipelineStopped.of(msg.thread, msg.error)
             else:
                 ids = msg.ids if isinstance(msg, StreamFailed) else (msg.id,)
                 for req in [r for r in map(self._books.get, ids) if r is not None]:  # finished ones are gone

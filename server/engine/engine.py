@@ -111,7 +111,8 @@ class Engine:
 
     @property
     def failure(self) -> BaseException | None:
-        """What stopped the engine thread, if anything did (it serves nothing after that)."""
+        """What stopped the engine, if anything did: an error of its own thread, or PipelineStopped
+        when a prep, Mimi or output thread stopped (it serves nothing after that)."""
         return self._core.failure
 
     def drain(self, grace_s: float) -> bool:
@@ -148,7 +149,7 @@ class Engine:
         self._core.frame_observers.append(fn)
 
     def add_fatal_observer(self, fn: Callable[[BaseException], None]) -> None:
-        """fn(exception) once, on the engine thread, if the engine thread stops on an error."""
+        """fn(exception) once, on the engine thread, if the engine stops on an error (`failure`)."""
         self._core.fatal_observers.append(fn)
 
     def info(self) -> EngineInfo:

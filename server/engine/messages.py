@@ -5,7 +5,8 @@
       SessionClose                        │
     consumers ─ Pause, Resume ───────────►│
     prep thread ─ Prepared, PrepFailed ──►├─ control channel ─► engine thread (drained once per
-    Mimi, output threads ─ StreamFailed ─►┘                      loop, before it schedules)
+    Mimi, output threads ─ StreamFailed ─►│                      loop, before it schedules)
+    prep, Mimi, output ─ PipelineFailed ─►┘
     engine thread ─ PrepJob ─► prep thread
     engine thread ─ MimiStep, StreamEnd ─► Mimi thread ─ PcmFrames, StreamEnd ─► output worker
 
@@ -39,6 +40,10 @@ class EventSink(Protocol):
     @property
     def unread_ms(self) -> int:
         """Audio pushed and not yet taken by the consumer."""
+
+    @property
+    def finished(self) -> bool:
+        """A Finished event was pushed."""
 
 
 class TurnKind(enum.Enum):
@@ -123,6 +128,15 @@ class StreamFailed:
 
 
 @dataclass(frozen=True, slots=True)
+class PipelineFailed:
+    """Prep, Mimi or output thread: the thread stopped on an error (server/engine/threads.py), so
+    the engine stops."""
+
+    thread: str  # its name
+    error: BaseException
+
+
+@dataclass(frozen=True, slots=True)
 class SessionOpen:
     """A conversation opens (its VOICE turn follows as a Submitted)."""
 
@@ -150,8 +164,8 @@ class SessionClose:
     session: int
 
 
-Control = (Submitted | Cancel | Pause | Resume | Prepared | PrepFailed | StreamFailed | SessionOpen | SessionInterrupt
-           | SessionClose)
+Control = (Submitted | Cancel | Pause | Resume | Prepared | PrepFailed | StreamFailed | PipelineFailed | SessionOpen
+           | SessionInterrupt | SessionClose)
 
 
 # -- engine thread -> prep thread ---------------------------------------------------------

@@ -11,6 +11,8 @@ inside it (their rows get padding frames whose output is dropped, and their end 
 after the call), but no stream may start inside it: a new stream's first frame always starts a
 call, and its row's state is reset just before. Backpressure is the paced credits of
 server/engine/pacing.py, and only those: `decode` takes one, a call gives its steps' back.
+If this thread stops on an error, the credits fail, so the engine thread never waits for a
+call that will not come, and the engine stops (server/engine/threads.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from csm_core.mimi import MimiCodec
 from server.engine.messages import Barrier, Control, MimiStep, PcmFrames, Stop, StreamEnd, StreamFailed
 from server.engine.output import OutputStage
 from server.engine.pacing import PACE, CallCostModel, PacedCredits
-from server.engine.threads import pipeline_thread
+from server.engine.threads import PipelineStopped, pipeline_thread
 from server.engine.types import FinishReason
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ class MimiDecoder:
         self.busy_s = 0.0  # Mimi decode time (read by stats)
         self.calls = 0
         self.frames = 0  # step-frames decoded (a call of T steps counts T)
-        self._thread = pipeline_thread("csm-mimi", self._loop, torch_threads)
+        self._thread = pipeline_thread("csm-mimi", self._loop, torch_threads, report=report,
+                                       on_failure=self._stopped)
         self._thread.start()
 
     # -- engine thread -----------------------------------------------------------------
@@ -103,6 +106,10 @@ class MimiDecoder:
                 self._cost.observe(shape, (self.busy_s - busy) / len(steps))
                 for end in ended:  # after their last frames
                     self._end(end)
+
+    def _stopped(self, error: BaseException) -> None:
+        """This thread stops on `error`: a `decode` waiting for credits, and every later one, raises."""
+        self._credits.fail(PipelineStopped.of(self._thread.name, error))
 
     def _fail(self, ids: tuple[int, ...], error: str) -> None:
         for sid in ids:

@@ -13,7 +13,8 @@ statistics, so streams are never mixed).
 A stream always goes to the same worker (its Mimi row modulo workers), so its chunks stay in order,
 while different streams are watermarked in parallel. A failure here ends that stream only: the
 worker drops its audio and reports the failure to the engine, which ends the request; its
-Finished event comes back through the usual StreamEnd.
+Finished event comes back through the usual StreamEnd. An error escaping a worker's loop stops
+the engine (server/engine/threads.py).
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ class OutputStage:
         marks = [watermarker] + [watermarker.replica() for _ in range(workers - 1)] if watermarker else [None] * workers
         self._workers = [_Worker(mark) for mark in marks]
         for i, w in enumerate(self._workers):
-            w.thread = pipeline_thread(f"csm-output-{i}", self._loop, torch_threads, args=(w,))
+            w.thread = pipeline_thread(f"csm-output-{i}", self._loop, torch_threads, args=(w,), report=report)
             w.thread.start()
 
     @property

@@ -36,18 +36,22 @@ Shape = tuple[int, int]  # (rows, steps) of a Mimi call
 
 class PacedCredits:
     """A counting semaphore whose releases may be dated in the future: `acquire` takes the
-    earliest credit and, when that credit is not due yet, sleeps until it is."""
+    earliest credit and, when that credit is not due yet, sleeps until it is. Once `fail`ed
+    (the side that gives credits back is gone), every acquire raises instead."""
 
     def __init__(self, count: int, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self._clock, self._sleep = clock, sleep
         self._due: list[float] = [0.0] * count  # sorted due times of the credits not taken
         self._cv = threading.Condition()
+        self._failure: BaseException | None = None
 
     def acquire(self) -> None:
         with self._cv:
-            while not self._due:
+            while not self._due and self._failure is None:
                 self._cv.wait()
+            if self._failure is not None:
+                raise self._failure
             due = self._due.pop(0)
         wait = due - self._clock()
         if wait > 0:
@@ -60,6 +64,12 @@ class PacedCredits:
             for i in range(count):
                 bisect.insort(self._due, now + i * spacing_s)
             self._cv.notify(count)
+
+    def fail(self, error: BaseException) -> None:
+        """No credit will come back: the acquire waiting now, and every later one, raises `error`."""
+        with self._cv:
+            self._failure = error
+            self._cv.notify_all()
 
 
 class CallCostModel:

@@ -4,7 +4,8 @@ batched call for every request waiting), its prompt tokenized and framed, its fi
 It runs off the engine thread, so a long context never stalls the streams being decoded, and
 at the lowest CPU priority (Linux: per-thread nice), so on a busy CPU the running streams come
 first. It changes no request: it reports `Prepared` or `PrepFailed` to the engine's control
-channel.
+channel. A job's own failure fails that request; an error escaping the loop stops the engine
+(server/engine/threads.py).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class PrepWorker:
         self._limits = limits
         self._report = report  # the engine's control channel
         self._jobs: queue.SimpleQueue[PrepJob | Stop] = queue.SimpleQueue()
-        self._thread = pipeline_thread("csm-prep", self._loop, torch_threads, nice=BACKGROUND_NICE)
+        self._thread = pipeline_thread("csm-prep", self._loop, torch_threads, nice=BACKGROUND_NICE, report=report)
         self._thread.start()
 
     # -- engine thread -----------------------------------------------------------------

@@ -1,9 +1,11 @@
 """The hand-off of one request's events from the engine to its consumer, with flow control.
 
 An output worker pushes a stream's audio and its Finished event (the engine thread pushes
-Finished itself for a request that never got a slot); a consumer either iterates
-synchronously (`for ev in stream`) or asynchronously (`async for ev in stream`) on the event
-loop the stream was created on. `cancel` reaches the engine through its control channel.
+Finished itself for a request that never got a slot and, once a pipeline thread has stopped, for
+every request whose end it would not deliver; a request posted after the engine stopped on an
+error gets it on the posting thread); a consumer either iterates synchronously
+(`for ev in stream`) or asynchronously (`async for ev in stream`) on the event loop the stream
+was created on. `cancel` reaches the engine through its control channel.
 
 Flow control: the audio pushed and not yet taken by the consumer is counted. Past
 `pause_after_s` seconds of it the stream asks the engine to pause the request (it keeps its
@@ -34,6 +36,7 @@ class RequestStream:
         self._lock = threading.Lock()
         self._unread_ms = 0  # audio pushed and not yet taken by the consumer
         self._paused = False
+        self._finished = False  # a Finished event was pushed
         try:
             self._loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
@@ -46,6 +49,8 @@ class RequestStream:
         """Deliver an event (any thread). Never raises: a closed loop means nobody listens."""
         if isinstance(event, AudioOut):
             self._count(event.frames * FRAME_MS)
+        elif isinstance(event, Finished):
+            self._finished = True
         if self._loop is None:
             self._squeue.put(event)
             return
@@ -61,6 +66,10 @@ class RequestStream:
     @property
     def unread_ms(self) -> int:
         return self._unread_ms
+
+    @property
+    def finished(self) -> bool:
+        return self._finished
 
     def _count(self, ms: int) -> None:
         """Adds (pushed) or removes (taken) unread audio; pauses or resumes the request."""

@@ -4,10 +4,15 @@ The engine thread, the prep thread, the Mimi thread and the output workers are m
 (pipeline_thread): a named daemon thread that turns autograd off, takes its share of intra-op
 threads and, for background work, the lowest CPU priority before it runs. The voice encoder's
 pool thread (server/voices/mimi_encoder.py) sets itself up the same way (set_up_thread).
+
+A pipeline thread (prep, Mimi, output) that stops on an error stops the engine: the error is
+reported once to the engine thread as PipelineFailed, which ends every request in flight and
+tells the fatal observers, as when the engine thread itself fails (server/engine/core.py).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -16,9 +21,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from server.engine.messages import Control, PipelineFailed
+
 if TYPE_CHECKING:
     from server.engine.config import EngineConfig
     from server.engine.parts import EngineParts
+
+log = logging.getLogger(__name__)
 
 # Niceness of background work (context audio, voices): the lowest, so that on a busy CPU the
 # running streams come first (SCHED_IDLE would starve context requests on a saturated server).
@@ -65,12 +74,36 @@ def set_up_thread(torch_threads: int | None, nice: int = 0) -> None:
             pass
 
 
+class PipelineStopped(RuntimeError):
+    """A pipeline thread stopped on an error: the engine can produce no more audio."""
+
+    @classmethod
+    def of(cls, thread: str, error: BaseException) -> PipelineStopped:
+        stopped = cls(f"the pipeline thread {thread} stopped: {error!r}")
+        stopped.__cause__ = error
+        return stopped
+
+
 def pipeline_thread(name: str, run: Callable[..., None], torch_threads: int | None, nice: int = 0,
-                    args: tuple = ()) -> threading.Thread:
-    """A named daemon thread, not started yet, that sets itself up (set_up_thread), then runs `run(*args)`."""
+                    args: tuple = (), report: Callable[[Control], None] | None = None,
+                    on_failure: Callable[[BaseException], None] | None = None) -> threading.Thread:
+    """A named daemon thread, not started yet, that sets itself up (set_up_thread), then runs `run(*args)`.
+    With `report` (the engine's control channel), an error escaping `run` is logged, handed to
+    `on_failure` (which releases what the engine thread may be waiting on for this thread), and
+    posted once as PipelineFailed; without it, the error escapes the thread."""
 
     def main() -> None:
-        set_up_thread(torch_threads, nice)
-        run(*args)
+        try:
+            set_up_thread(torch_threads, nice)
+            run(*args)
+        except BaseException as exc:
+            if report is None:
+                raise
+            log.critical("the pipeline thread %s stopped; the engine stops", name, exc_info=exc)
+            try:
+                if on_failure is not None:
+                    on_failure(exc)
+            finally:
+                report(PipelineFailed(name, exc))
 
     return threading.Thread(target=main, name=name, daemon=True)

@@ -1,7 +1,9 @@
 """When the engine thread itself dies, nobody hangs: requests in flight end with INTERNAL, health
 turns NOT_SERVING, new calls get UNAVAILABLE, and csm-serve exits with status 1 so that
 Kubernetes restarts it. The crash is injected by a runner that raises a BaseException past the
-step's own error handling, as a bug in the engine loop would."""
+step's own error handling, as a bug in the engine loop would. The same holds when a pipeline
+thread dies: here the Mimi thread, by a streaming decoder that raises past the Mimi call's own
+error handling."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from csm_client import SpeechClient
 from server.engine.config import EngineConfig
 from server.engine.engine import build
 from server.engine.parts import load_parts
+from server.engine.threads import PipelineStopped
 
 from .harness import LoopbackServer, free_port, wait_for
 
@@ -43,6 +46,32 @@ class CrashingRunner:
         if any(c.request.params.text == CRASH_TEXT for c in plan.prefill):
             raise EngineBug("injected engine-loop bug")
         return self._runner.run(plan)
+
+
+class CrashingCodec:
+    """The real codec, whose streaming decoder raises EngineBug once `crash` is set."""
+
+    def __init__(self, codec, crash: threading.Event):
+        self._codec, self._crash = codec, crash
+
+    def __getattr__(self, name):
+        return getattr(self._codec, name)
+
+    def stream_decoder(self, batch_size: int):
+        return CrashingDecoder(self._codec.stream_decoder(batch_size), self._crash)
+
+
+class CrashingDecoder:
+    def __init__(self, decoder, crash: threading.Event):
+        self._decoder, self._crash = decoder, crash
+
+    def __getattr__(self, name):
+        return getattr(self._decoder, name)
+
+    def decode(self, codes, active):
+        if self._crash.is_set():
+            raise EngineBug("injected Mimi-thread bug")
+        return self._decoder.decode(codes, active)
 
 
 def health(target: str) -> int:
@@ -75,6 +104,36 @@ def test_requests_fail_health_turns_not_serving_and_new_calls_are_refused():
             assert outcome["code"] is grpc.StatusCode.INTERNAL  # the stream in flight did not hang
             wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
             assert server.server.engine_failed.is_set()
+            with pytest.raises(grpc.RpcError) as refused:
+                list(client.stream("Anyone there?", max_audio_ms=160, timeout=30))
+            assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+    finally:
+        server.stop()
+        engine.shutdown()
+
+
+def test_a_mimi_thread_death_fails_the_call_in_flight_and_turns_health_not_serving():
+    config = EngineConfig(model="tiny", device="cpu", dtype="float32", watermark=False, max_slots=2, max_queue=4)
+    parts = load_parts(config)
+    crash = threading.Event()
+    parts.codec = CrashingCodec(parts.codec, crash)
+    engine = build(config, parts)
+    engine.start()
+    assert engine.wait_ready(300)
+    server = LoopbackServer(engine).start()
+    try:
+        wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.SERVING, what="SERVING")
+        with SpeechClient(server.target) as client:
+            chunks = iter(client.stream("I am running.", max_audio_ms=20_000, seed=1, timeout=120))
+            next(chunks)
+            crash.set()
+            with pytest.raises(grpc.RpcError) as failed:
+                for _ in chunks:
+                    pass
+            assert failed.value.code() is grpc.StatusCode.INTERNAL and "engine stopped" in failed.value.details()
+            wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
+            assert server.server.engine_failed.is_set()
+            assert isinstance(engine.failure, PipelineStopped) and "csm-mimi" in str(engine.failure)
             with pytest.raises(grpc.RpcError) as refused:
                 list(client.stream("Anyone there?", max_audio_ms=160, timeout=30))
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
