@@ -56,9 +56,9 @@ print(json.dumps(out))
 
 
 def run(preset: str, slots: int, slow: int, slow_audio_ms: int, slowness: float, normal: int, watermark: bool,
-        preempt: bool) -> dict:
+        preempt: bool, ahead_s: float) -> dict:
     config = EngineConfig(model=preset, max_slots=slots, max_queue=4 * slots, watermark=watermark,
-                          preempt_max=None if preempt else 0)
+                          preempt_max=None if preempt else 0, preempt_ahead_s=ahead_s)
     with tempfile.TemporaryDirectory() as voices:
         server = Loopback(config, voices)
         try:
@@ -107,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
                         "otherwise nothing is ahead of its reader and there is nothing to preempt)")
     p.add_argument("--normal", type=int, default=10, help="normal requests, one after another")
     p.add_argument("--watermark", choices=("on", "off"), default="on")
+    p.add_argument("--preemption", choices=("both", "on", "off"), default="both")
+    p.add_argument("--preempt-ahead-s", type=float, default=EngineConfig().preempt_ahead_s)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.preemption]
     results = [run(args.preset, args.slots, args.slow, args.slow_audio_ms, args.slowness, args.normal,
-                   args.watermark == "on", preempt) for preempt in (False, True)]
+                   args.watermark == "on", preempt, args.preempt_ahead_s) for preempt in modes]
     for r in results:
         t = r["normal_ttfa_ms"]
         print(f"preemption {'on ' if r['preemption'] else 'off'}: normal TTFA p50 {t['p50']:.0f} ms, p95 {t['p95']:.0f} "
