@@ -143,3 +143,32 @@ def test_a_session_with_a_turn_in_the_engine_is_never_reclaimed():
         s.release(3)
     s.finish(t)
     assert s.release(3) and not s.release(3) and s.slots.num_used == 0
+
+
+def test_the_waiting_gauge_counts_only_requests_no_slot_will_take():
+    """Admitted requests still being prepared while slots are free are not waiting for one: the
+    gauge never exceeds --max-queue (it read 6 with --max-queue 4 when it counted them)."""
+    from types import SimpleNamespace
+
+    from server.engine.admission import Admission
+    from server.engine.books import RequestBooks
+
+    s = Scheduler(num_slots=2, prefill_chunk=4, prefill_budget=8)
+    admission = Admission(2 + 2)  # slots + max_queue
+
+    class NoSessions:
+        holding_slots = 0
+
+        def __len__(self) -> int:
+            return 0
+
+    books = RequestBooks(s, NoSessions(), admission, None, False, lambda r: None,
+                         SimpleNamespace(preemptions=0, resumes=0))
+    for _ in range(4):
+        assert admission.try_admit()  # four submitted at once, all still being prepared
+    assert books.stats().requests_waiting == 2  # two will take the free slots
+    first, second = req("a", 4), req("b", 4)
+    s.add(first)
+    s.add(second)
+    s.schedule()
+    assert books.stats().requests_waiting == 2 and books.stats().slots_in_use == 2
