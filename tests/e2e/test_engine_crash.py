@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+from contextlib import contextmanager
 
 import grpc
 import pytest
@@ -80,16 +81,29 @@ def health(target: str) -> int:
             health_pb2.HealthCheckRequest(service="csm.v1.Speech"), timeout=5).status
 
 
-def test_requests_fail_health_turns_not_serving_and_new_calls_are_refused():
+@contextmanager
+def serving(fault):
+    """A serving loopback server whose tiny engine has `fault(parts)` applied; yields (server, engine)."""
     config = EngineConfig(model="tiny", device="cpu", dtype="float32", watermark=False, max_slots=2, max_queue=4)
     parts = load_parts(config)
-    parts.runner = CrashingRunner(parts.runner)
+    fault(parts)
     engine = build(config, parts)
     engine.start()
     assert engine.wait_ready(300)
     server = LoopbackServer(engine).start()
     try:
         wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.SERVING, what="SERVING")
+        yield server, engine
+    finally:
+        server.stop()
+        engine.shutdown()
+
+
+def test_requests_fail_health_turns_not_serving_and_new_calls_are_refused():
+    def crashing_runner(parts):
+        parts.runner = CrashingRunner(parts.runner)
+
+    with serving(crashing_runner) as (server, _engine):
         with SpeechClient(server.target) as client:
             running = client.stream("I am running.", max_audio_ms=20_000, seed=1, timeout=120)
             chunks = iter(running)
@@ -107,22 +121,15 @@ def test_requests_fail_health_turns_not_serving_and_new_calls_are_refused():
             with pytest.raises(grpc.RpcError) as refused:
                 list(client.stream("Anyone there?", max_audio_ms=160, timeout=30))
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop()
-        engine.shutdown()
 
 
 def test_a_mimi_thread_death_fails_the_call_in_flight_and_turns_health_not_serving():
-    config = EngineConfig(model="tiny", device="cpu", dtype="float32", watermark=False, max_slots=2, max_queue=4)
-    parts = load_parts(config)
     crash = threading.Event()
-    parts.codec = CrashingCodec(parts.codec, crash)
-    engine = build(config, parts)
-    engine.start()
-    assert engine.wait_ready(300)
-    server = LoopbackServer(engine).start()
-    try:
-        wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.SERVING, what="SERVING")
+
+    def crashing_codec(parts):
+        parts.codec = CrashingCodec(parts.codec, crash)
+
+    with serving(crashing_codec) as (server, engine):
         with SpeechClient(server.target) as client:
             chunks = iter(client.stream("I am running.", max_audio_ms=20_000, seed=1, timeout=120))
             next(chunks)
@@ -133,13 +140,11 @@ def test_a_mimi_thread_death_fails_the_call_in_flight_and_turns_health_not_servi
             assert failed.value.code() is grpc.StatusCode.INTERNAL and "engine stopped" in failed.value.details()
             wait_for(lambda: health(server.target) == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
             assert server.server.engine_failed.is_set()
-            assert isinstance(engine.failure, PipelineStopped) and "csm-mimi" in str(engine.failure)
+            failure = engine.failure
+            assert isinstance(failure, PipelineStopped) and "csm-mimi" in str(failure)
             with pytest.raises(grpc.RpcError) as refused:
                 list(client.stream("Anyone there?", max_audio_ms=160, timeout=30))
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
-    finally:
-        server.stop()
-        engine.shutdown()
 
 
 def _drain(chunks) -> grpc.StatusCode:
