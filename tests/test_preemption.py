@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from server.engine.config import EngineConfig
-from server.engine.types import AudioOut, Finished, FinishReason, SynthesisParams
+from server.engine.types import AudioOut, ContextSegment, Finished, FinishReason, SynthesisParams
 
 from engines import recording_engine
 
@@ -39,7 +39,7 @@ def read_all(stream) -> tuple[np.ndarray, Finished]:
             pcm.append(event.pcm)
         else:
             fin = event
-    return np.concatenate(pcm), fin
+    return (np.concatenate(pcm) if pcm else np.zeros(0, np.float32)), fin
 
 
 def wait_for(predicate, timeout: float = 60.0, what: str = "condition"):
@@ -83,4 +83,48 @@ def test_a_preempted_stream_that_is_cancelled_frees_its_memory(engine):
     wait_for(lambda: engine.stats().requests_preempted == 0, what="the preempted stream to end")
     assert engine._core.runner.swap.used_bytes == 0
     read_all(other)
+    wait_for(lambda: engine.stats().slots_in_use == 0, what="the slot to be free")
+
+
+VOICE = (ContextSegment(speaker=0, text="This is how I sound.",
+                        codes=np.random.default_rng(0).integers(0, 2048, (32, 40)).astype(np.int16)),)
+
+
+def turn(turn_id: str, seed: int) -> SynthesisParams:
+    return SynthesisParams(text="I read slowly, then all at once.", seed=seed, temperature=0.8,
+                           max_audio_ms=80 * FRAMES, request_id=turn_id)
+
+
+def test_a_conversation_turn_is_preempted_and_its_conversation_goes_on_exactly(engine):
+    """A paused turn gives its conversation's slot to a waiting request; resumed, it makes the same
+    frames and audio, and the conversation's next turn (in the slot it resumed in) those of a
+    conversation never preempted."""
+    alone = engine.open_conversation("alone")
+    read_all(alone.add_voice(VOICE))
+    alone_pcm, alone_end = read_all(alone.speak("alone-1", turn("alone-1", 7)))
+    _, alone_next = read_all(alone.speak("alone-2", turn("alone-2", 8)))
+    alone.close()
+    before = engine.stats()
+
+    conv = engine.open_conversation("preempted")
+    read_all(conv.add_voice(VOICE))
+    stream = conv.speak("conv-1", turn("conv-1", 7))
+    first = stream.get(timeout=60)
+    assert isinstance(first, AudioOut)
+    wait_for(lambda: engine.stats().requests_paused == 1, what="the turn to pause")
+    _, other_end = read_all(engine.submit(SynthesisParams(text="I only need a moment.", seed=1, max_audio_ms=480,
+                                                          request_id="other-of-conv")))
+    assert other_end.reason in (FinishReason.EOS, FinishReason.LENGTH)
+    assert engine.stats().preemptions == before.preemptions + 1
+    rest_pcm, end = read_all(stream)
+    _, after_next = read_all(conv.speak("conv-2", turn("conv-2", 8)))
+    conv.close()
+
+    pcm = np.concatenate([first.pcm, rest_pcm])
+    assert engine.stats().resumes == before.resumes + 1
+    assert end.reason is alone_end.reason and end.frames == alone_end.frames
+    assert torch.equal(torch.stack(engine.frames["conv-1"]), torch.stack(engine.frames["alone-1"]))
+    assert pcm.shape == alone_pcm.shape and np.abs(pcm - alone_pcm).max() < 1e-5
+    assert after_next.prompt_frames == alone_next.prompt_frames  # it prefilled only what was new
+    assert torch.equal(torch.stack(engine.frames["conv-2"]), torch.stack(engine.frames["alone-2"]))
     wait_for(lambda: engine.stats().slots_in_use == 0, what="the slot to be free")

@@ -10,9 +10,10 @@ scheduler, and each keeps its Mimi row and output worker, so nothing it has made
 reordered. Once its reader is down to `ahead_s / 2` unread (and it is not paused) it queues again,
 behind every new request, waiting or still to come (they have no audio yet; its reader has some),
 and in the step that gives it a slot its rows are copied back and it makes
-its next frame: the same frames, the same audio, as if it had never stopped. A fresh request is
-never preempted (it has nothing unread), nor is a conversation's turn (its slot is the
-conversation's), nor a stream whose rows do not fit the swap budget.
+its next frame: the same frames, the same audio, as if it had never stopped. A conversation's
+turn is preempted the same way: the rows copied out are its conversation's, and the slot it
+resumes in becomes its conversation's. A fresh request is never preempted (it has nothing
+unread), nor a stream whose rows do not fit the swap budget.
 """
 
 from __future__ import annotations
@@ -58,8 +59,7 @@ class Preemption:
                      req.label, unread / 1000, req.num_frames)
 
     def _preemptable(self, req: Request) -> bool:
-        return (req.status is RequestStatus.DECODING and req.session is None
-                and req.sink.unread_ms >= self.ahead_ms)
+        return req.status is RequestStatus.DECODING and req.sink.unread_ms >= self.ahead_ms
 
     def _caught_up(self, req: Request) -> bool:
         return req.paused_since is None and req.sink.unread_ms <= self.ahead_ms / 2

@@ -23,10 +23,11 @@ step.
   nobody and gets the larger idle budget (a burst into an idle server is admitted in one step).
 - Keeping prefixes. A whole aligned chunk of a prompt that starts at 0 is saved to the prefix
   cache in the step that computes it, unless a block holds it already.
-- Preemption. A one-shot request ahead of its reader can give its slot back (`preempt`; the
-  engine decides when: server/engine/preemption.py); its KV waits in host memory and its
-  stream keeps its Mimi row. Once its reader catches up it queues again (`resume`) and, given
-  a slot, copies its KV back and decodes on at once (`swap_ins`).
+- Preemption. A request ahead of its reader can give its slot back (`preempt`; the engine
+  decides when: server/engine/preemption.py), a conversation's turn its conversation's slot;
+  its KV waits in host memory and its stream keeps its Mimi row. Once its reader catches up it
+  queues again (`resume`) and, given a slot (a turn's conversation holds it again), copies its
+  KV back and decodes on at once (`swap_ins`).
 - Rows. A stream's audio is decoded in a Mimi row of its own from its first slot to its end,
   so a preempted stream resumes in the same decoder state: rows = slots + preemptable streams.
 """
@@ -256,9 +257,13 @@ class Scheduler:
         return max(0, wanting - self.slots.num_free)
 
     def preempt(self, req: Request) -> None:
-        """A decoding one-shot request gives its slot back (the engine has copied its KV out)."""
-        if req.status is not RequestStatus.DECODING or req.session is not None or not self.can_preempt():
+        """A decoding request gives its slot back (the engine has copied its KV out). A
+        conversation's turn gives its conversation's slot back: the KV copied out is the whole
+        conversation's, and the turn takes a slot for it again when it resumes."""
+        if req.status is not RequestStatus.DECODING or not self.can_preempt():
             raise RuntimeError(f"request {req.id} cannot be preempted ({req.status.value})")
+        if req.session is not None and self.held.pop(req.session, None) != req.slot:
+            raise RuntimeError(f"request {req.id} runs outside its conversation's slot")
         self.running.remove(req)
         self.slots.free(req.slot)
         req.slot, req.swapped = None, True
