@@ -172,3 +172,37 @@ def test_the_waiting_gauge_counts_only_requests_no_slot_will_take():
     s.add(second)
     s.schedule()
     assert books.stats().requests_waiting == 2 and books.stats().slots_in_use == 2
+
+
+def test_a_conversation_speaking_in_its_slot_shrinks_what_one_shot_requests_may_fill():
+    """While a turn runs in its conversation's slot, no one-shot request can have that slot: the
+    engine admits one fewer, so those admitted beyond the slots they can take stay within the
+    queue (the gauge read max_queue + 1 when it did not)."""
+    from types import SimpleNamespace
+
+    from server.engine.admission import Admission
+    from server.engine.books import RequestBooks
+
+    s = Scheduler(num_slots=2, prefill_chunk=4, prefill_budget=8)
+    admission = Admission(2 + 1)  # slots + max_queue
+
+    class OneSession:
+        holding_slots = 1
+
+        def __len__(self) -> int:
+            return 1
+
+    books = RequestBooks(s, OneSession(), admission, None, False, lambda r: None,
+                         SimpleNamespace(preemptions=0, resumes=0))
+    t = turn("t1", session=3, prompt_len=4)
+    s.add(t)
+    s.schedule()
+    admission.reserved = s.num_busy_held()
+    assert admission.reserved == 1
+    assert admission.try_admit() and admission.try_admit()  # the free slot and the queue
+    assert not admission.try_admit()
+    assert books.stats().requests_waiting == 1
+    s.finish(t)  # the conversation is idle: its slot can be reclaimed
+    admission.reserved = s.num_busy_held()
+    assert admission.reserved == 0 and admission.try_admit()
+    assert books.stats().requests_waiting == 1  # three admitted, two slots they can take

@@ -15,12 +15,16 @@ import threading
 class Admission:
     def __init__(self, capacity: int):
         self.capacity = capacity
+        # Slots no admitted request can have: conversations' slots while a turn of theirs runs or
+        # waits there. Set by the engine thread each step, so the requests admitted beyond the
+        # slots they can take never exceed the queue (the waiting gauge, books.py).
+        self.reserved = 0
         self._count = 0
         self._lock = threading.Lock()
 
     def try_admit(self) -> bool:
         with self._lock:
-            if self._count >= self.capacity:
+            if self._count >= self.capacity - self.reserved:
                 return False
             self._count += 1
             return True

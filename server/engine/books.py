@@ -108,7 +108,7 @@ class RequestBooks:
     def stats(self) -> EngineStats:
         running = self._scheduler.running
         prefilling = sum(r.status is RequestStatus.PREFILLING for r in running)
-        one_shot = sum(r.turn is None for r in running)
+        one_shot = sum(r.session is None for r in running)
         # Admitted one-shot requests with no slot, beyond what free (or idle conversations') slots take.
         unslotted = self._admission.count - one_shot - len(self._scheduler.preempted)
         takeable = self._scheduler.slots.num_free + self._scheduler.num_idle_held()

@@ -56,6 +56,7 @@ class EngineCore:
         self.mimi = mimi
         self.watermarked = watermarked
         self.preemption = Preemption(scheduler, runner, preempt_ahead_s)
+        self._admission = admission
         self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked, runner.drop_swapped,
                                    self.preemption)
         self.step_observers: list[Callable[[StepStats], None]] = []
@@ -211,6 +212,7 @@ class EngineCore:
     def step(self) -> StepStats:
         t0 = time.perf_counter()
         plan = self.scheduler.schedule()
+        self._admission.reserved = self.scheduler.num_busy_held()
         self._admit(plan)
         result = self.runner.run(plan)
         self._commit_prefix(plan, result)

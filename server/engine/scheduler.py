@@ -248,6 +248,10 @@ class Scheduler:
         busy = {r.session for r in self.running} | {r.session for r in self.waiting}
         return sum(s not in busy for s in self.held)
 
+    def num_busy_held(self) -> int:
+        """Slots held by conversations with a turn in the engine: no other request may take one."""
+        return len(self.held) - self.num_idle_held()
+
     def can_preempt(self) -> bool:
         return len(self.preempted) < self.max_preempted
 
