@@ -7,7 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 STAMP=.venv/.setup-stamp
-want=$(cat pyproject.toml client/pyproject.toml protos/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+hash_cmd=(sha256sum)
+command -v sha256sum >/dev/null || hash_cmd=(shasum -a 256)  # macOS
+want=$(cat pyproject.toml client/pyproject.toml protos/pyproject.toml scripts/setup.sh | "${hash_cmd[@]}" | cut -d' ' -f1)
 if [ "${CSM_SETUP:-}" = always ] || [ ! -x .venv/bin/csm-serve ] || [ ! -f "$STAMP" ] ||
   [ "$(cat "$STAMP")" != "$want" ]; then
   rm -f "$STAMP"
