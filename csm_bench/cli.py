@@ -53,9 +53,19 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("csm-serve")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csm-bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--version", action="version", version=f"csm-bench {_package_version()}")
     p.add_argument("--preset", default="bench",
                    help="preset (bench, tiny, csm-1b: random weights) or any model source (hub id, directory)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from csm_core.config import FLAVORS, PRESETS, LlamaFlavor, ModelConfig, preset_name
+from csm_core.hub import download_checkpoint
 from csm_core.model import CSMModel
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "ckpt.pt")
@@ -86,7 +87,7 @@ def load_model(source: str, device: str = "cpu", dtype: str = "float32", seed: i
                     f"model source {source!r} is neither a preset ({', '.join(PRESETS)}), a local directory, "
                     f"nor a hub id"
                 )
-            path = _download(source)
+            path = download_checkpoint(source)
         model, layout = _load_dir(path)
         loaded = LoadedModel(_place(model, dev, dt), model.config, source, preset_name(model.config), False, layout)
     if quantizer is not None:
@@ -125,12 +126,6 @@ def _place(model: CSMModel, device: torch.device, dtype: torch.dtype) -> CSMMode
     model = model.to(device=device, dtype=dtype).eval()  # rotary tables are complex64 attributes: untouched
     model.requires_grad_(False)
     return model
-
-
-def _download(repo_id: str) -> Path:
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "ckpt.pt"]))
 
 
 def _load_dir(path: Path) -> tuple[CSMModel, str]:

@@ -18,8 +18,12 @@ import numpy as np
 import torch
 import torchaudio.functional as AF
 import yaml
-from silentcipher.server import Model, get_model
-from silentcipher.stft import STFT
+with warnings.catch_warnings():
+    # silentcipher imports pydub, which warns at import when no ffmpeg is on PATH; nothing here
+    # uses pydub's ffmpeg (audio stays in tensors), so the warning would only mislead the log.
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg or avconv", category=RuntimeWarning)
+    from silentcipher.server import Model, get_model
+    from silentcipher.stft import STFT
 
 from csm_core.constants import CSM_PUBLIC_WATERMARK_KEY, SAMPLE_RATE
 

@@ -2,7 +2,8 @@
 # Offline validation of helm/csm-serve, for CI and before a release:
 #   helm lint --strict, helm template, and kubeconform -strict against the pinned
 #   Kubernetes version (and the oldest one Chart.yaml accepts), for the default values,
-#   the production example and the all-features CI values.
+#   the CPU demo (no GPU anywhere in it), the production example and the all-features CI values;
+#   and `helm show readme` (the chart's README.md, with its production prerequisites) is not empty.
 # CRDs (ServiceMonitor, GRPCRoute, HTTPRoute) are validated against schemas converted from the
 # upstream CRDs by install_tools.sh; no kind is skipped and nothing is fetched.
 set -euo pipefail
@@ -22,6 +23,7 @@ export HELM_CACHE_HOME="$WORK/helm-cache" HELM_CONFIG_HOME="$WORK/helm-config" H
 
 VALUES_SETS=(
   "default:"
+  "cpu-demo:$CHART/examples/values-cpu-demo.yaml"
   "production:$CHART/examples/values-production.yaml"
   "all-enabled:$CHART/ci/all-enabled-values.yaml"
 )
@@ -39,6 +41,14 @@ for kube in "$KUBE_VERSION" "$KUBE_MIN_VERSION"; do
       -schema-location "$TOOLS/schemas/k8s/{{ .NormalizedKubernetesVersion }}-local{{ .StrictSuffix }}/{{ .ResourceKind }}{{ .KindSuffix }}.json" \
       -schema-location "$TOOLS/schemas/crds/{{ .Group }}/{{ .ResourceKind }}_{{ .ResourceAPIVersion }}.json" \
       "$out" | sed 's/^/   /'
+    if [ "$name" = cpu-demo ] && grep -qE 'nvidia\.com/gpu|runtimeClassName' "$out"; then
+      echo "check_helm: the CPU demo values render a GPU limit or a RuntimeClass" >&2
+      exit 1
+    fi
   done
 done
+if [ -z "$("$HELM" show readme "$CHART")" ]; then
+  echo "check_helm: helm show readme is empty (helm/csm-serve/README.md)" >&2
+  exit 1
+fi
 echo "check_helm: chart valid for Kubernetes $KUBE_VERSION and $KUBE_MIN_VERSION"

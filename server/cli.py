@@ -52,12 +52,25 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("csm-serve")
+    except PackageNotFoundError:
+        return "unknown (not installed as a package)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="csm-serve",
         description="Serve Sesame's CSM-1B over gRPC (csm.v1.Speech) and an OpenAI-compatible HTTP API "
                     "(POST /v1/audio/speech) with continuous batching.",
+        epilog="Models: --model bench (the default), tiny and csm-1b are presets with random weights, "
+               "for demos and tests without a download: their audio is noise. Speech needs the real weights: "
+               "--model sesame/csm-1b (a gated hub model) or a directory holding them.",
     )
+    parser.add_argument("--version", action="version", version=f"csm-serve {_package_version()}")
 
     def flag(name: str, env: str, default, help: str, **kwargs) -> None:
         # A string default goes through `type`, so a bad environment value fails like a bad flag.
@@ -66,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(name, default=value, help=f"{help} [env {env}; default {shown}]", **kwargs)
 
     flag("--model", "CSM_MODEL", "bench",
-         "hub id, checkpoint directory or preset (csm-1b, bench, tiny); bench and tiny have random weights")
+         "hub id, checkpoint directory or preset. The presets csm-1b, bench and tiny have RANDOM WEIGHTS "
+         "(noise, no download; csm-1b is the real architecture's size); the real model is the hub id "
+         "sesame/csm-1b (gated: accept its licence on huggingface.co and set HF_TOKEN) or a local copy of it")
     flag("--device", "CSM_DEVICE", "auto", "auto, cpu, cuda or cuda:N")
     flag("--dtype", "CSM_DTYPE", "auto", "auto, float32, bfloat16 or float16")
     flag("--quantize", "CSM_QUANTIZE", "none",

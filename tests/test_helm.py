@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "csm-serve"
 PRODUCTION = CHART / "examples" / "values-production.yaml"
 ALL_ENABLED = CHART / "ci" / "all-enabled-values.yaml"
+CPU_DEMO = CHART / "examples" / "values-cpu-demo.yaml"
 PINS = dict(
     line.split("=", 1)
     for line in (REPO / "scripts" / "k8s-tools.env").read_text().splitlines()
@@ -84,6 +85,41 @@ def flag(container: dict, name: str) -> str:
 def test_gpu_limit_is_set(helm, tmp_path, files):
     limits = server_container(render(helm, tmp_path, *files))["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == 1
+
+
+def test_cpu_demo_needs_no_gpu(helm, tmp_path):
+    done = run_template(helm, tmp_path, CPU_DEMO)
+    assert done.returncode == 0, done.stderr
+    assert "nvidia.com/gpu" not in done.stdout and "runtimeClassName" not in done.stdout
+    docs = [d for d in yaml.safe_load_all(done.stdout) if d]
+    container = server_container(docs)
+    assert (flag(container, "model"), flag(container, "device")) == ("bench", "cpu")
+    assert not any("gpu" in k for k in container["resources"].get("limits", {}))
+
+
+def _show_readme(helm, tmp_path) -> str:
+    env = {**os.environ, "HELM_CACHE_HOME": str(tmp_path / "hc"),
+           "HELM_CONFIG_HOME": str(tmp_path / "hcfg"), "HELM_DATA_HOME": str(tmp_path / "hd")}
+    done = subprocess.run([str(helm), "show", "readme", str(CHART)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_helm_show_readme_lists_what_production_needs(helm, tmp_path):
+    """Every cluster object the production values name is in the chart's README."""
+    readme = _show_readme(helm, tmp_path)
+    prod = yaml.safe_load(PRODUCTION.read_text())
+    needed = [prod["modelCache"]["pvc"]["storageClass"], "ReadWriteMany", prod["runtimeClassName"],
+              "RuntimeClass", *prod["serviceMonitor"]["labels"].values(), "prometheus-adapter",
+              prod["autoscaling"]["requestsWaiting"]["metricName"], "Gateway API", "NetworkPolicy",
+              prod["huggingface"]["tokenSecret"]["name"], prod["auth"]["existingSecret"],
+              "docker build", "docker push", "values-cpu-demo.yaml"]
+    for route in ("grpcRoute", "httpRoute"):
+        for ref in prod[route]["parentRefs"]:
+            needed += [ref["name"], ref["namespace"], ref["sectionName"]]
+    missing = [n for n in needed if f"{n}" not in readme]
+    assert not missing, f"helm show readme does not mention {missing}"
 
 
 @pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
@@ -277,7 +313,7 @@ def test_check_helm_script_passes(helm):
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("files", [(), (PRODUCTION,)], ids=["default", "production"])
+@pytest.mark.parametrize("files", [(), (PRODUCTION,), (CPU_DEMO,)], ids=["default", "production", "cpu-demo"])
 def test_rendered_flags_parse_with_the_server_cli(helm, tmp_path, files):
     from server.cli import build_parser
 

@@ -23,6 +23,7 @@ from csm_client.errors import explain
 from csm_wire import speech_pb2 as pb
 from csm_client.request import ContextTurn
 from csm_client.speech_client import SpeechClient
+from csm_client.version import add_version_flag
 
 FORMATS = ("wav", "pcm", "opus")
 EXTENSIONS = {".wav": "wav", ".pcm": "pcm", ".raw": "pcm", ".opus": "opus", ".ogg": "opus"}
@@ -58,7 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-key", help="PEM client key for mTLS")
     p.add_argument("--timeout", type=float, default=None, help="deadline of the whole call in seconds")
     p.add_argument("--play", action="store_true", help="play the audio while it arrives")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress on standard error")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress or summary on standard error (errors are always printed)")
+    add_version_flag(p)
     return p
 
 
@@ -96,6 +99,10 @@ class Progress:
     def done(self, message: str) -> None:
         if not self._quiet:
             print(("\r" if self._tty else "") + message, file=sys.stderr)
+
+    def fail(self, message: str) -> None:
+        """An error: printed even with --quiet."""
+        print(("\r" if self._tty and not self._quiet else "") + message, file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     if failure is not None:
         if not to_stdout:
             Path(output).unlink(missing_ok=True)  # no half-written file that looks like a result
-        progress.done(f"csm-say: {failure}")
+        progress.fail(f"csm-say: {failure}")
         return code
 
     result = stream.result

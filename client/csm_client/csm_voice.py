@@ -23,12 +23,14 @@ from csm_client.connection_args import add_connection_args, connection_from_args
 from csm_client.errors import explain
 from csm_client.request import ContextTurn
 from csm_client.speech_client import SpeechClient
+from csm_client.version import add_version_flag
 from csm_wire import voices_pb2 as vpb
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="csm-voice", description="Create, list, inspect and delete stored voices.")
     add_connection_args(p)
+    add_version_flag(p)
     commands = p.add_subparsers(dest="command", required=True)
     create = commands.add_parser("create", help="store a voice made of one or more recorded segments")
     create.add_argument("name", help="1-64 characters of a-z, 0-9, '-' and '_'")

@@ -14,6 +14,7 @@ from csm_client.csm_say import context_turns
 from csm_client.loadtest_run import StepPlan, Workload
 from csm_client.loadtest_stats import PERCENTILES, RTF_DEFINITION, UNDERRUN_DEFINITION, Slo
 from csm_client.request import ENCODINGS
+from csm_client.version import add_version_flag
 
 DEFAULT_CONCURRENCY = "1,2,4,8,16"
 DEFAULT_RATE_DURATION_S = 60.0
@@ -62,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
                f"Underrun: {UNDERRUN_DEFINITION}. Throughput: audio seconds received per wall "
                "second of the step. Exit status: 0 when some request succeeded, 1 when none did or the server "
                "could not be reached, 130 when interrupted.")
+    add_version_flag(p)
     load = p.add_argument_group("load (one of --concurrency / --rate)")
     mode = load.add_mutually_exclusive_group()
     mode.add_argument("--concurrency", metavar="N,N,...",

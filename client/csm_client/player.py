@@ -36,8 +36,9 @@ class Player:
             import sounddevice
         except (ImportError, OSError) as exc:
             raise RuntimeError(
-                "--play needs the sounddevice package and the PortAudio library "
-                "(pip install sounddevice; on Debian/Ubuntu: apt install libportaudio2)") from exc
+                "--play needs the client's 'play' extra and the PortAudio library: "
+                "pip install 'csm-client[play]' (from a checkout: pip install './client[play]'; "
+                "sounddevice, and sphn for Opus); on Debian/Ubuntu also apt install libportaudio2") from exc
         self._stream = sounddevice.OutputStream(samplerate=sample_rate, channels=1, dtype="float32")
         self._stream.start()
 

@@ -10,7 +10,7 @@ import wave
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVER_ONLY = ("torch", "torchaudio", "transformers", "moshi", "silentcipher", "av", "starlette")
+SERVER_ONLY = ("torch", "torchaudio", "transformers", "moshi", "silentcipher", "av", "starlette", "numpy")
 
 
 def run(*command, **options) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 //	csm-say -server host:port -o out.wav [flags] "text to speak"
 //
 // Text comes from the arguments, or from standard input when the only argument is "-".
+// Flags may also follow the text (csm-say "Hello." -o hello.wav); after "--" everything is text.
 package main
 
 import (
@@ -20,7 +21,7 @@ import (
 )
 
 func main() {
-	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stderr)
+	err := run(context.Background(), os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
 	switch {
 	case err == nil:
 	case errors.Is(err, flag.ErrHelp):
@@ -35,10 +36,10 @@ func main() {
 
 var errUsage = errors.New("usage")
 
-func run(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) error {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("csm-say", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	const usage = `usage: csm-say -server host:port -o out.wav [flags] "text to speak"   (text "-": read stdin)`
+	const usage = `usage: csm-say -server host:port -o out.wav [flags] "text to speak" [flags]   (text "-": read stdin; after "--": text only)`
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, usage)
 		fs.PrintDefaults()
@@ -62,14 +63,20 @@ func run(ctx context.Context, args []string, stdin io.Reader, stderr io.Writer) 
 	keyFile := fs.String("key", "", "client key PEM for mutual TLS")
 	serverName := fs.String("server-name", "", "name to verify in the server certificate (implies -tls)")
 	token := fs.String("token", "", "bearer token sent as 'authorization: Bearer <token>' (env CSM_TOKEN)")
-	quiet := fs.Bool("q", false, "print nothing on success")
-	if err := fs.Parse(args); err != nil {
+	quiet := fs.Bool("q", false, "print nothing on success (errors are always printed)")
+	showVersion := fs.Bool("version", false, "print the version and exit")
+	words, err := parseInterleaved(fs, args)
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return errUsage
 	}
-	text, err := readText(fs.Args(), stdin)
+	if *showVersion {
+		fmt.Fprintln(stdout, version())
+		return nil
+	}
+	text, err := readText(words, stdin)
 	if err != nil {
 		fmt.Fprintf(stderr, "csm-say: %v\n%s\nRun csm-say -h for the flags.\n", err, usage)
 		return errUsage

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -43,10 +45,52 @@ func TestReadText(t *testing.T) {
 	}
 }
 
+func TestFlagsAfterText(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		text string
+		out  string
+		ms   uint
+	}{
+		{[]string{"-o", "a.wav", "Hello", "there."}, "Hello there.", "a.wav", 0},
+		{[]string{"Hello", "there.", "-o", "b.wav", "-max-audio-ms", "900"}, "Hello there.", "b.wav", 900},
+		{[]string{"Hello", "-o", "c.wav", "there.", "--max-audio-ms=5"}, "Hello there.", "c.wav", 5},
+		{[]string{"-o", "d.wav", "--", "-5 degrees", "-o", "x"}, "-5 degrees -o x", "d.wav", 0},
+		{[]string{"Hello", "--", "-o", "x"}, "Hello -o x", "out.wav", 0},
+		{[]string{"-", "-o", "e.wav"}, "-", "e.wav", 0},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		out := fs.String("o", "out.wav", "")
+		ms := fs.Uint("max-audio-ms", 0, "")
+		words, err := parseInterleaved(fs, tc.args)
+		if err != nil || strings.Join(words, " ") != tc.text || *out != tc.out || *ms != tc.ms {
+			t.Errorf("%q: text %q, -o %q, -max-audio-ms %d, err %v; want %q, %q, %d",
+				tc.args, words, *out, *ms, err, tc.text, tc.out, tc.ms)
+		}
+	}
+	// An unknown flag after the text is an error, never ignored.
+	var stderr bytes.Buffer
+	err := run(context.Background(), []string{"Hello", "-output", "x.wav"}, nil, io.Discard, &stderr)
+	if !errors.Is(err, errUsage) || !strings.Contains(stderr.String(), "flag provided but not defined: -output") {
+		t.Fatalf("unknown flag after the text: %v, stderr %q", err, stderr.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	var stdout bytes.Buffer
+	if err := run(context.Background(), []string{"-version"}, nil, &stdout, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(stdout.String(), "csm-say (Go) ") {
+		t.Fatalf("-version printed %q", stdout.String())
+	}
+}
+
 func TestUsageErrors(t *testing.T) {
 	for _, args := range [][]string{{}, {"-speaker", "x", "hi"}, {"-context", "nope", "hi"}, {"-speaker", "4294967296", "hi"}} {
 		var stderr bytes.Buffer
-		if err := run(context.Background(), args, strings.NewReader(""), &stderr); !errors.Is(err, errUsage) {
+		if err := run(context.Background(), args, strings.NewReader(""), io.Discard, &stderr); !errors.Is(err, errUsage) {
 			t.Errorf("%q: error %v, want a usage error", args, err)
 		}
 		if !strings.Contains(stderr.String(), "usage: csm-say") && !strings.Contains(stderr.String(), "out of range") {
@@ -72,11 +116,12 @@ func TestSayAgainstLiveServer(t *testing.T) {
 	}
 	out := filepath.Join(dir, "say.wav")
 	var stderr bytes.Buffer
+	// Flags after the text are honoured too (-o, -max-audio-ms, -sample-rate).
 	err := run(context.Background(), []string{
-		"-server", addr, "-o", out, "-speaker", "1", "-seed", "7", "-max-audio-ms", "480",
-		"-sample-rate", "22050", "-context", "0:" + ctxWAV + ":How are you?", "-context", "1::Fine, thanks.",
-		"And you?",
-	}, nil, &stderr)
+		"-server", addr, "-speaker", "1", "-seed", "7",
+		"-context", "0:" + ctxWAV + ":How are you?", "-context", "1::Fine, thanks.",
+		"And", "you?", "-o", out, "-max-audio-ms", "480", "-sample-rate", "22050",
+	}, nil, io.Discard, &stderr)
 	if err != nil {
 		t.Fatalf("csm-say: %s\n%s", csm.Describe(err), stderr.String())
 	}
@@ -87,6 +132,9 @@ func TestSayAgainstLiveServer(t *testing.T) {
 	info, err := csm.ParseWAV(b)
 	if err != nil || info.SampleRate != 22050 || info.Channels != 1 || info.DataOffset+info.DataBytes != len(b) {
 		t.Fatalf("output WAV %+v (%v), %d bytes", info, err, len(b))
+	}
+	if ms := info.DataBytes / 2 * 1000 / 22050; ms > 480 {
+		t.Fatalf("%d ms of audio: -max-audio-ms 480 after the text was ignored", ms)
 	}
 	if !strings.Contains(stderr.String(), out+": ") {
 		t.Fatalf("no summary line on stderr: %q", stderr.String())
