@@ -127,3 +127,16 @@ def test_csm_converse_reports_a_failed_turn(server, tmp_path):
                              env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "protos"),
                                                                                str(ROOT / "client")])})
     assert env_run.returncode == 1 and "csm-converse:" in env_run.stderr and "speaker" in env_run.stderr
+
+
+def test_the_readmes_csm_converse_line(server, tmp_path):
+    """The first command of README.md's Converse section, as written (csm-converse run from this
+    checkout; CSM_SERVER points it at the loopback server)."""
+    block = (ROOT / "README.md").read_text().split("## Converse", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    command = block.split("\nmy-llm", 1)[0]
+    assert command.startswith("printf") and "csm-converse" in command
+    script = f'csm-converse() {{ "{sys.executable}" -m csm_client.csm_converse "$@"; }}\n{command}\n'
+    done = run(["bash", "-c", script], server, cwd=tmp_path)
+    assert "2 turns" in done.stderr
+    per_turn = [wav_frames(tmp_path / "replies" / f"turn-{n}.wav", 3000) for n in (2, 3)]
+    assert wav_frames(tmp_path / "replies.wav", 6000) == sum(per_turn)
