@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 2)[2].strip(),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", nargs="?", default="-", help="text file to read ('-', the default: standard input)")
-    p.add_argument("-o", "--output", help="write every reply, one after another, into this WAV file")
-    p.add_argument("--per-turn", metavar="DIR", help="write each reply to DIR/<turn id>.wav")
+    p.add_argument("-o", "--output", help="write every reply, one after another, into this file (WAV, or raw with --format pcm)")
+    p.add_argument("--per-turn", metavar="DIR", help="write each reply to DIR/<turn id>.wav (.pcm with --format pcm)")
     p.add_argument("--format", choices=("wav", "pcm"), default="wav",
                    help="file format: wav (16-bit) or pcm (raw s16le, 24 kHz mono); default wav")
     p.add_argument("--play", action="store_true", help="play the replies as they arrive (needs sounddevice)")
