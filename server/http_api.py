@@ -6,6 +6,7 @@
     GET  /v1/models[/{id}]   the served model names
     GET  /health             200 while the process is up (liveness)
     GET  /ready              200 once the engine has warmed up, 503 before that and while draining
+    GET  /                   the playground page (server/playground/)
 
 A Starlette app, served by uvicorn on the gRPC server's event loop (server/app.py). Requests go
 through the front door (server/front/door.py) like gRPC's: the same drain switch, voice lookup,
@@ -40,6 +41,7 @@ from server.errors import DOMAIN_ERRORS, Failure, NotFound, RequestTooLarge, Una
 from server.front.delivery import AudioDelivery, Piece
 from server.front.door import FrontDoor
 from server.metrics import Metrics
+from server import playground
 from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_request
 from server.tempo import with_speed
 from server.tenants import DEFAULT_TENANT
@@ -48,7 +50,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `inpu
 # A 503 means this replica is draining, warming up or stopped: retry soon, through the load balancer
 # to another replica (OpenAI's SDKs wait this long before their retry).
 UNAVAILABLE_RETRY_AFTER_S = 1
-OPEN_PATHS = ("/health", "/ready")  # no token needed, like gRPC health
+OPEN_PATHS = ("/health", "/ready", playground.PATH)  # no token needed, like gRPC health (the page asks for one)
 TENANT_SCOPE_KEY = "csm.tenant"  # the caller's tenant (server/tenants.py), set by _Gate; absent: no tokens
 # OpenAI's error `type` and `code` for each HTTP status.
 _ERROR_KINDS = {
@@ -93,6 +95,7 @@ class HttpApi:
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
             Route("/ready", self.ready, methods=["GET"]),
+            *playground.routes(),
         ]
         handlers = {kind: self._domain_error for kind in DOMAIN_ERRORS}
         handlers[HTTPException] = self._http_error

@@ -18,15 +18,17 @@ PYTHONPATH = os.pathsep.join(str(REPO / p) for p in ("", "protos", "client"))
 
 def _parsers():
     from csm_bench.cli import build_parser as bench
+    from csm_client.csm_converse import build_parser as converse
     from csm_client.csm_say import build_parser as say
     from csm_client.csm_voice import build_parser as voice
     from csm_client.loadtest_args import build_parser as loadtest
     from server.cli import build_parser as serve
 
-    return {"csm-serve": serve, "csm-bench": bench, "csm-say": say, "csm-voice": voice, "csm-loadtest": loadtest}
+    return {"csm-serve": serve, "csm-bench": bench, "csm-say": say, "csm-voice": voice, "csm-loadtest": loadtest,
+            "csm-converse": converse}
 
 
-@pytest.mark.parametrize("prog", ["csm-serve", "csm-bench", "csm-say", "csm-voice", "csm-loadtest"])
+@pytest.mark.parametrize("prog", ["csm-serve", "csm-bench", "csm-say", "csm-voice", "csm-loadtest", "csm-converse"])
 def test_version_on_every_cli(prog: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         _parsers()[prog]().parse_args(["--version"])
