@@ -9,7 +9,7 @@ gives no total (libsndfile, and so soundfile, refuses to read such a FLAC whole)
 `make_encoder(..., whole=True)` keeps everything until `flush()` and returns one exact file
 instead: WAV with its real RIFF and data sizes, and FFmpeg's muxers writing to a seekable
 buffer, so that they go back and fill in their headers (FLAC's total samples and MD5, MP3's
-Xing/LAME header with the encoder delay and padding).
+Xing/Info header).
 
 Raw PCM and the WAV framing of the wire contract (csm_wire.wav) are written here; every
 compressed format goes through FFmpeg's own encoders and muxers (PyAV), so the containers are
