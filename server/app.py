@@ -35,6 +35,7 @@ from server.engine.types import StepStats
 from server.converse.call import ConverseCall
 from server.errors import StatusInterceptor, Unauthenticated, describe
 from server.http_api import HttpApi, failure_response
+from server.openai_voices import OpenAIVoices
 from server.http_server import ConnectionCollector, HttpLimits, HttpServer
 from server.listeners import Listeners, port_error
 from server.metrics import Metrics
@@ -43,7 +44,9 @@ from server.front.door import FrontDoor
 from server.front.engine_client import EngineClient
 from server.servicer import SpeechServicer
 from server.voices.registry import VoiceRegistry
+from server.voices.create_queue import CreateQueue
 from server.voices.servicer import VoicesServicer
+from server.voices.tenants import TenantVoices
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +187,12 @@ class SpeechServer:
         self._servicer = SpeechServicer(self._door, lambda requests, context: ConverseCall(self._door).run(
             requests, context))
         self._voices = voices
-        self._http_api = HttpApi(self._door, self.model_names, tokens)
+        # One tenant registry and one CreateVoice queue behind csm.v1.Voices and /v1/audio/voices.
+        voice_tenants = TenantVoices(voices) if voices is not None else None
+        voice_creates = CreateQueue(voices.limits.max_pending_creates) if voices is not None else None
+        self._voices_servicer = VoicesServicer(voices, voice_tenants, voice_creates) if voices is not None else None
+        self._http_api = HttpApi(self._door, self.model_names, tokens,
+                                 OpenAIVoices(voice_tenants, voice_creates) if voices is not None else None)
         self._health = health.aio.HealthServicer()
         self._listeners = listeners
         self._server: grpc.aio.Server | None = None
@@ -221,7 +229,7 @@ class SpeechServer:
         speech_pb2_grpc.add_SpeechServicer_to_server(self._servicer, self._server)
         services = [SPEECH_SERVICE]
         if self._voices is not None:
-            voices_pb2_grpc.add_VoicesServicer_to_server(VoicesServicer(self._voices), self._server)
+            voices_pb2_grpc.add_VoicesServicer_to_server(self._voices_servicer, self._server)
             services.append(VOICES_SERVICE)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         for service in HEALTH_SERVICES:

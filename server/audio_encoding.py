@@ -4,6 +4,13 @@ One encoder per stream. `encode(pcm)` returns the bytes for that piece (possibly
 codec fills its first packet); `flush()` returns what is left at the end. Concatenating every
 returned piece gives the whole encoded file.
 
+A streamed file cannot know its length: WAV's sizes read 0xFFFFFFFF and FLAC's STREAMINFO
+gives no total (libsndfile, and so soundfile, refuses to read such a FLAC whole).
+`make_encoder(..., whole=True)` keeps everything until `flush()` and returns one exact file
+instead: WAV with its real RIFF and data sizes, and FFmpeg's muxers writing to a seekable
+buffer, so that they go back and fill in their headers (FLAC's total samples and MD5, MP3's
+Xing/Info header).
+
 Raw PCM and the WAV framing of the wire contract (csm_wire.wav) are written here; every
 compressed format goes through FFmpeg's own encoders and muxers (PyAV), so the containers are
 FFmpeg's: Ogg/Opus with the encoder's real pre-skip, granule positions and an end-of-stream
@@ -12,6 +19,7 @@ page, FLAC, MP3 and AAC in ADTS.
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 import av
@@ -86,6 +94,24 @@ class WavEncoder:
         return header  # an utterance without audio is still a valid (empty) WAV
 
 
+class WholeWavEncoder:
+    """16-bit WAV with its real sizes: every sample is kept until flush()."""
+
+    cpu_bound = False
+
+    def __init__(self, sample_rate: int):
+        self._rate = sample_rate
+        self._samples = bytearray()
+
+    def encode(self, pcm: np.ndarray) -> bytes:
+        self._samples += to_s16le(pcm)
+        return b""
+
+    def flush(self) -> bytes:
+        data, self._samples = bytes(self._samples), bytearray()
+        return wav.header(self._rate, len(data)) + data
+
+
 class _Drain:
     """The muxer's output file: keeps what FFmpeg wrote until the encoder takes it.
 
@@ -106,15 +132,25 @@ class _Drain:
         return data
 
 
+class _File(io.BytesIO):
+    """A seekable output for a whole file: the muxer rewrites its header at the end."""
+
+    def take(self) -> bytes:
+        return b""  # nothing leaves before the trailer: the header may still change
+
+    def take_all(self) -> bytes:
+        return self.getvalue()
+
+
 class FFmpegEncoder:
     """A compressed format through FFmpeg (PyAV). Pieces of any length go in; PyAV re-frames
     them into the codec's frame size, and the last, partial frame is encoded on flush."""
 
     cpu_bound = True  # 0.5 to 1.6 ms per 80 ms frame on one CPU core (libopus, LAME): off the event loop
 
-    def __init__(self, encoding: OutputEncoding, sample_rate: int):
+    def __init__(self, encoding: OutputEncoding, sample_rate: int, whole: bool = False):
         codec = _CODECS[encoding]
-        self._out = _Drain()
+        self._out = _File() if whole else _Drain()
         self._container = av.open(self._out, mode="w", format=codec.muxer, options=codec.muxer_options)
         options = {}
         if encoding is OutputEncoding.FLAC:
@@ -145,13 +181,15 @@ class FFmpegEncoder:
         self._closed = True
         self._container.mux(self._stream.encode(None))
         self._container.close()  # writes the trailer: Ogg's end-of-stream page, FLAC's last frame
-        return self._out.take()
+        return self._out.take_all() if isinstance(self._out, _File) else self._out.take()
 
 
-Encoder = PcmS16Encoder | PcmF32Encoder | WavEncoder | FFmpegEncoder
+Encoder = PcmS16Encoder | PcmF32Encoder | WavEncoder | WholeWavEncoder | FFmpegEncoder
 
 
-def make_encoder(encoding: OutputEncoding, sample_rate: int) -> Encoder:
+def make_encoder(encoding: OutputEncoding, sample_rate: int, whole: bool = False) -> Encoder:
+    """`whole`: one exact file from flush() instead of pieces as they come (raw PCM has no
+    header, so it is the same either way)."""
     if not supported_rate(encoding, sample_rate):
         raise ValueError(f"{sample_rate} Hz: {rate_rule(encoding)}")
     if encoding is OutputEncoding.PCM_S16LE:
@@ -159,5 +197,5 @@ def make_encoder(encoding: OutputEncoding, sample_rate: int) -> Encoder:
     if encoding is OutputEncoding.PCM_F32LE:
         return PcmF32Encoder()
     if encoding is OutputEncoding.WAV:
-        return WavEncoder(sample_rate)
-    return FFmpegEncoder(encoding, sample_rate)
+        return WholeWavEncoder(sample_rate) if whole else WavEncoder(sample_rate)
+    return FFmpegEncoder(encoding, sample_rate, whole)

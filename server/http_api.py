@@ -2,7 +2,10 @@
 
     POST /v1/audio/speech    OpenAI's speech request (server/openai_speech.py); the body streams
                              the audio as it is generated (stream_format "audio"), or as
-                             server-sent events (stream_format "sse")
+                             server-sent events (stream_format "sse"), or is one exact file
+                             (`stream: false`; FLAC by default)
+    /v1/audio/voices[/{id}]  OpenAI's custom voices: POST (multipart), GET, DELETE
+                             (server/openai_voices.py), on csm.v1.Voices' registry
     GET  /v1/models[/{id}]   the served model names
     GET  /health             200 while the process is up (liveness)
     GET  /ready              200 once the engine has warmed up, 503 before that and while draining
@@ -13,6 +16,7 @@ through the front door (server/front/door.py) like gRPC's: the same drain switch
 submission and delivery. Response headers leave with the first audio, not before: a request
 that fails before it has any audio still gets its HTTP status. Every error is one of
 server/errors.py's Failures, in OpenAI's JSON shape: a client's mistake is always a 4xx.
+Every response, errors included, carries `x-request-id`: the caller's own, or one made here.
 """
 
 from __future__ import annotations
@@ -37,12 +41,15 @@ from csm_core.constants import SAMPLE_RATE
 from server.audio_encoding import make_encoder
 from server.auth import BearerTokens
 from server.engine.types import InvalidRequest, Violation
-from server.errors import DOMAIN_ERRORS, Failure, NotFound, RequestTooLarge, Unauthenticated, describe
+from server.errors import (
+    DOMAIN_ERRORS, Failure, NotFound, RequestTooLarge, Unauthenticated, Unimplemented, describe,
+)
 from server.front.delivery import AudioDelivery, Piece
 from server.front.door import FrontDoor
 from server.metrics import Metrics
 from server import playground
 from server.openai_speech import SpeechRequest, in_api_terms, parse_speech_request
+from server.openai_voices import MAX_FORM_BYTES, OpenAIVoices
 from server.tempo import with_speed
 from server.tenants import DEFAULT_TENANT
 
@@ -52,6 +59,7 @@ MAX_BODY_BYTES = 1024 * 1024  # a speech request is JSON text: OpenAI caps `inpu
 UNAVAILABLE_RETRY_AFTER_S = 1
 OPEN_PATHS = ("/health", "/ready", playground.PATH)  # no token needed, like gRPC health (the page asks for one)
 TENANT_SCOPE_KEY = "csm.tenant"  # the caller's tenant (server/tenants.py), set by _Gate; absent: no tokens
+REQUEST_ID_SCOPE_KEY = "csm.request_id"  # the request's id, set by _Gate and sent back on every response
 # OpenAI's error `type` and `code` for each HTTP status.
 _ERROR_KINDS = {
     400: ("invalid_request_error", None),
@@ -82,15 +90,20 @@ def failure_response(failure: Failure) -> JSONResponse:
 
 
 class HttpApi:
-    def __init__(self, door: FrontDoor, model_names: tuple[str, ...], tokens: BearerTokens | None = None):
+    def __init__(self, door: FrontDoor, model_names: tuple[str, ...], tokens: BearerTokens | None = None,
+                 voices: OpenAIVoices | None = None):
+        """`voices`: the stored voices' routes (None: this server stores no voices, they answer 501)."""
         if not model_names:
             raise ValueError("the HTTP API needs at least one served model name")
         self._door = door
         self._engine = door.engine
         self.model_names = model_names
         self._created = int(time.time())
+        self._voices = voices
         routes = [
             Route("/v1/audio/speech", self.speech, methods=["POST"]),
+            Route("/v1/audio/voices", self.voices, methods=["GET", "POST"]),
+            Route("/v1/audio/voices/{voice_id}", self.voice, methods=["GET", "DELETE"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/v1/models/{model:path}", self.model, methods=["GET"]),
             Route("/health", self.health, methods=["GET"]),
@@ -107,17 +120,24 @@ class HttpApi:
     async def speech(self, request: Request) -> Response:
         arrival = time.monotonic()
         self._door.check_open()
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request_id = request.scope[REQUEST_ID_SCOPE_KEY]
         tenant = request.scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
-        body = await _read_body(request)
+        body = await _read_body(request, MAX_BODY_BYTES)
         speech = await asyncio.to_thread(self._parse, body, request_id, tenant)  # the voice lookup reads files
         try:
             sub = self._door.submit(tenant, speech.params, speech.voice)
         except InvalidRequest as exc:
             raise in_api_terms(exc) from None
-        encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE), speech.speed, SAMPLE_RATE)
+        encoder = with_speed(make_encoder(speech.response_format.encoding, SAMPLE_RATE, whole=speech.whole),
+                             speech.speed, SAMPLE_RATE)
         delivery = self._door.deliver(sub, encoder, sample_rate=SAMPLE_RATE, arrival=arrival)
         pieces = _api_terms(delivery.audio())
+        if speech.whole:  # one exact file: any failure before its end is still an HTTP error
+            try:
+                data = b"".join([piece.data async for piece in pieces])
+            finally:
+                await pieces.aclose()
+            return Response(data, media_type=speech.response_format.media_type, headers={"x-request-id": request_id})
         # The status line waits for the first audio, so a failure before it is still an HTTP error.
         first = await anext(pieces, None)
         # x-accel-buffering: nginx (ingress-nginx included) passes the audio on as it comes.
@@ -131,6 +151,24 @@ class HttpApi:
     def _parse(self, body: bytes, request_id: str, tenant: str) -> SpeechRequest:
         return parse_speech_request(_json(body), models=self.model_names, request_id=request_id,
                                     limits=self._door.limits, voices=self._door.voices, tenant=tenant)
+
+    async def voices(self, request: Request) -> Response:
+        tenant = request.scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
+        if request.method == "GET":
+            return await self._voice_routes().list(request, tenant)
+        self._door.check_open("create the voice")
+        voices = self._voice_routes()
+        return await voices.create(request, tenant, await _read_body(request, MAX_FORM_BYTES))
+
+    async def voice(self, request: Request) -> Response:
+        tenant = request.scope.get(TENANT_SCOPE_KEY, DEFAULT_TENANT)
+        routes = self._voice_routes()
+        return await (routes.get if request.method == "GET" else routes.delete)(request, tenant)
+
+    def _voice_routes(self) -> OpenAIVoices:
+        if self._voices is None:
+            raise Unimplemented("this server stores no voices (csm-serve --voices-dir sets where they are kept)")
+        return self._voices
 
     async def models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [self._model_card(name) for name in self.model_names]})
@@ -162,7 +200,8 @@ class HttpApi:
     async def _http_error(self, request: Request, exc: HTTPException) -> Response:
         """No such route (404) or method (405), worded as OpenAI words it."""
         message = (f"Invalid URL ({request.method} {request.url.path}): this server serves "
-                   "POST /v1/audio/speech, GET /v1/models, GET /health and GET /ready")
+                   "POST /v1/audio/speech, GET and POST /v1/audio/voices, GET and DELETE /v1/audio/voices/{id}, "
+                   "GET /v1/models, GET /health and GET /ready")
         body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}}
         return JSONResponse(body, exc.status_code, headers=exc.headers)
 
@@ -171,15 +210,15 @@ class HttpApi:
         return JSONResponse(error_body(500, "internal error; the server log has the cause"), 500)
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
-        raise RequestTooLarge(f"the request body is {declared} bytes; this server accepts at most {MAX_BODY_BYTES}")
+    if declared is not None and declared.isdecimal() and int(declared) > limit:
+        raise RequestTooLarge(f"the request body is {declared} bytes; this server accepts at most {limit}")
     body = bytearray()
     async for part in request.stream():
         body += part
-        if len(body) > MAX_BODY_BYTES:
-            raise RequestTooLarge(f"the request body is larger than {MAX_BODY_BYTES} bytes")
+        if len(body) > limit:
+            raise RequestTooLarge(f"the request body is larger than {limit} bytes")
     return bytes(body)
 
 
@@ -241,9 +280,10 @@ def _event(data: dict) -> bytes:
 
 
 class _Gate:
-    """ASGI middleware in front of the routes: checks bearer tokens (except on OPEN_PATHS), puts
-    the token's tenant in the scope (TENANT_SCOPE_KEY), and counts every response by route
-    template and status."""
+    """ASGI middleware in front of the routes: gives the request its id (the caller's
+    `x-request-id`, or a new one: REQUEST_ID_SCOPE_KEY) and puts it on every response, checks
+    bearer tokens (except on OPEN_PATHS), puts the token's tenant in the scope
+    (TENANT_SCOPE_KEY), and counts every response by route template and status."""
 
     def __init__(self, app: ASGIApp, routes: list[Route], metrics: Metrics, tokens: BearerTokens | None):
         self._app = app
@@ -263,11 +303,17 @@ class _Gate:
             await self._app(scope, receive, send)
             return
         status = 500  # what the client sees if the app fails before starting a response
+        request_id = Request(scope).headers.get("x-request-id") or uuid.uuid4().hex
+        scope[REQUEST_ID_SCOPE_KEY] = request_id
 
         async def counted_send(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(name.lower() == b"x-request-id" for name, _ in headers):
+                    headers.append((b"x-request-id", request_id.encode("latin-1", "replace")))
+                    message = {**message, "headers": headers}
             await send(message)
 
         try:

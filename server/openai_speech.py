@@ -1,10 +1,12 @@
 """OpenAI's `POST /v1/audio/speech` request, read into what the engine takes. Torch-free.
 
 The request shape is OpenAI's (model, input, voice, response_format, speed, instructions,
-stream_format). Like vLLM's OpenAI server, a few extra fields a client can send through its
-SDK's `extra_body` reach CSM's own sampling: seed, temperature, top_k, max_audio_ms. Fields
-this server does not know are ignored, as clients written for other servers send their own.
-Every problem with the request is reported at once, each with the field it is about.
+stream_format), with OpenAI's limits (input up to 4096 characters, speed 0.25..4.0). Like
+vLLM's OpenAI server, a few extra fields a client can send through its SDK's `extra_body` reach
+CSM's own sampling: seed, temperature, top_k, max_audio_ms; and `stream` chooses between audio
+as it is generated and one exact file (see STREAMED_BY_DEFAULT). Fields this server does not
+know are ignored, as clients written for other servers send their own. Every problem with the
+request is reported at once, each with the field it is about.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ RESPONSE_FORMATS = {
 }
 DEFAULT_RESPONSE_FORMAT = "mp3"  # OpenAI's default
 STREAM_FORMATS = ("audio", "sse")
+MAX_INPUT_CHARS = 4096  # OpenAI's limit on `input` (the engine's max_text_chars applies too)
+# `stream` (extra_body) unset: audio leaves as it is generated, except FLAC, sent as one exact
+# file: a streamed FLAC cannot give its total length, and libsndfile (soundfile) refuses to read
+# one without it. `stream: false` sends any format whole, with its real sizes (WAV's RIFF and
+# data sizes; FFmpeg's muxers fill in their headers); `stream: true` streams FLAC too.
+STREAMED_BY_DEFAULT = frozenset(RESPONSE_FORMATS) - {"flac"}
 # OpenAI's model names for speech: accepted (and listed) by default, so clients that hard-code
 # one work unchanged. --served-model-name replaces the whole list.
 OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
@@ -57,6 +65,7 @@ class SpeechRequest:
     speed: float
     stream_format: str  # "audio" or "sse"
     voice: Voice | None = None  # the stored voice it speaks with (its segments are not in params yet)
+    whole: bool = False  # one exact file, sent once it is complete (never with sse)
 
 
 def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLimits, request_id: str,
@@ -92,8 +101,12 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
     voice = field("voice", (str, dict), "a string or an object with an `id`", required=True)
     response_format = field("response_format", str, "a string", DEFAULT_RESPONSE_FORMAT)
     speed = field("speed", number, "a number", 1.0)
-    field("instructions", str, "a string")  # accepted and ignored: CSM takes no style prompt
+    field("instructions", str, "a string")  # accepted and ignored: CSM follows no instructions (docs/api.md)
     stream_format = field("stream_format", str, "a string", "audio")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        violations.append(Violation("stream", f"must be a boolean, got {json_type(stream)}"))
+        stream = None
     seed = field("seed", int, "an integer")
     temperature = field("temperature", number, "a number", DEFAULT_TEMPERATURE)
     top_k = field("top_k", int, "an integer", DEFAULT_TOP_K)
@@ -103,6 +116,8 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
         raise NotFound(f"the model `{model}` does not exist on this server; it serves {', '.join(models)}")
     if text is not None and not text.strip():
         violations.append(Violation("input", "must not be empty"))
+    elif text is not None and len(text) > MAX_INPUT_CHARS:
+        violations.append(Violation("input", f"{len(text)} characters; at most {MAX_INPUT_CHARS} are accepted"))
     choice = VoiceChoice(0)
     voice_field = "voice"
     if isinstance(voice, dict):
@@ -135,7 +150,9 @@ def parse_speech_request(body: Any, *, models: tuple[str, ...], limits: EngineLi
                    if v.field not in named]
     if violations:
         raise InvalidRequest(violations)
-    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format, choice.voice)
+    streamed = response_format in STREAMED_BY_DEFAULT if stream is None else stream
+    return SpeechRequest(params, RESPONSE_FORMATS[response_format], float(speed), stream_format, choice.voice,
+                         whole=stream_format == "audio" and not streamed)
 
 
 def in_api_terms(exc: InvalidRequest, voice: Voice | None = None) -> InvalidRequest:

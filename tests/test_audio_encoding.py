@@ -143,3 +143,28 @@ def test_speed_one_leaves_the_encoder_alone():
 def test_unsupported_rates_are_refused(encoding, rate):
     with pytest.raises(ValueError, match="Hz"):
         make_encoder(encoding, rate)
+
+
+@pytest.mark.parametrize("encoding", [OutputEncoding.WAV, OutputEncoding.FLAC])
+def test_a_whole_file_carries_its_length(encoding, tmp_path):
+    """`whole=True`: nothing leaves before flush(), which returns one file with its real sizes,
+    read whole by libsndfile, Python's wave and ffprobe."""
+    pcm = tone(3 * FRAME_SAMPLES + 123, SAMPLE_RATE)
+    encoder = make_encoder(encoding, SAMPLE_RATE, whole=True)
+    assert encoder.encode(pcm[:1000]) == encoder.encode(pcm[1000:]) == b""
+    data = encoder.flush()
+    path = tmp_path / ("whole.wav" if encoding is OutputEncoding.WAV else "whole.flac")
+    path.write_bytes(data)
+    samples, rate = sf.read(path, dtype="int16")
+    assert (len(samples), rate) == (len(pcm), SAMPLE_RATE)
+    np.testing.assert_allclose(samples / 32767, pcm, atol=1e-4)
+    assert len(ffmpeg_decode(data, "wav" if encoding is OutputEncoding.WAV else "flac")) == len(pcm)
+    if encoding is OutputEncoding.WAV:
+        with wave.open(io.BytesIO(data)) as reader:
+            assert reader.getnframes() == len(pcm)
+        assert struct.unpack_from("<I", data, 40)[0] == 2 * len(pcm)
+
+
+def test_a_whole_file_of_no_audio_is_still_a_file():
+    empty = make_encoder(OutputEncoding.WAV, SAMPLE_RATE, whole=True).flush()
+    assert empty == wav.header(SAMPLE_RATE, 0)

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("server", "csm_core")
 # The transports and their modules: each may import server/front, none may import another.
 FRONT_ENDS = {"speech": ("server.servicer",), "converse": ("server.converse",),
-              "http": ("server.http_api", "server.openai_speech"), "voices": ("server.voices.servicer",)}
+              "http": ("server.http_api", "server.openai_speech", "server.openai_voices"), "voices": ("server.voices.servicer",)}
 
 
 def modules() -> dict[str, Path]:

@@ -91,3 +91,25 @@ def test_the_engines_rules_come_back_with_this_apis_own_violations():
 def test_engine_field_paths_are_renamed_for_this_api():
     renamed = in_api_terms(InvalidRequest([Violation("text", "too long"), Violation("sampling.top_k", "0")]))
     assert [v.field for v in renamed.violations] == ["input", "top_k"]
+
+
+def test_stream_chooses_one_exact_file_and_flac_is_whole_by_default():
+    assert not parse().whole and not parse(response_format="wav").whole  # OpenAI's: audio as it comes
+    assert parse(response_format="flac").whole  # FLAC's header needs the total length
+    assert parse(response_format="wav", stream=False).whole
+    assert not parse(response_format="flac", stream=True).whole
+    assert not parse(response_format="flac", stream_format="sse").whole  # events always stream
+    with pytest.raises(InvalidRequest) as refused:
+        parse(stream="no")
+    assert [v.field for v in refused.value.violations] == ["stream"]
+
+
+def test_input_keeps_openais_4096_characters_and_the_servers_own_limit():
+    roomy = replace(LIMITS, max_text_chars=10_000)
+    with pytest.raises(InvalidRequest) as refused:
+        parse_speech_request({"model": "tts-1", "input": "x" * 4097, "voice": "0"}, models=MODELS, limits=roomy,
+                             request_id="r", voices=SPEAKERS, tenant=DEFAULT_TENANT)
+    assert list(refused.value.violations) == [Violation("input", "4097 characters; at most 4096 are accepted")]
+    with pytest.raises(InvalidRequest) as refused:
+        parse(input="x" * 101)  # below 4096, above this server's max_text_chars
+    assert [v.field for v in refused.value.violations] == ["input"] and "at most 100" in str(refused.value)

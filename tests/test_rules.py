@@ -1,5 +1,6 @@
 """The request rules (server/engine/rules.py): one table, every violation reported together. Torch-free."""
 
+import dataclasses
 import numpy as np
 
 from csm_core.audio_io import AudioTooLong
@@ -68,5 +69,17 @@ def test_checks_after_preparation():
     assert hour.description == "3600.0 s is longer than the 5 s accepted"  # its own limit, though less room was left
     for seconds in (None, 4.0):  # stopped by the room left, not by the clip's own limit
         assert rules.clip_too_long("context[2].audio", AudioTooLong(1.5, seconds), LIMITS) is None
-    assert rules.max_frames(SynthesisParams(text="Hi"), LIMITS) == 50  # default 4000 ms / 80 ms
+    assert rules.max_frames(SynthesisParams(text="Hi"), LIMITS) == 28  # 2000 + 2 x 150 ms -> 2240 ms / 80 ms
+    assert rules.max_frames(SynthesisParams(text="x" * 200), LIMITS) == 50  # at most default_max_audio_ms: 4000 / 80
     assert rules.max_frames(SynthesisParams(text="Hi", max_audio_ms=250), LIMITS) == 3  # an upper bound
+
+
+def test_the_default_length_grows_with_the_text_from_a_floor_to_a_ceiling():
+    roomy = dataclasses.replace(LIMITS, default_max_audio_ms=20_000)
+    assert rules.default_audio_ms("Hello from CSM.", roomy) == 4240  # 2000 + 15 x 150, whole 80 ms frames
+    assert rules.default_audio_ms("  Hi  ", LIMITS) == rules.default_audio_ms("Hi", LIMITS)  # spaces around do not count
+    assert rules.default_audio_ms("", LIMITS) == rules.DEFAULT_FLOOR_MS
+    assert rules.default_audio_ms("x" * 10_000, LIMITS) == LIMITS.default_max_audio_ms
+    lengths = [rules.default_audio_ms("x" * n, LIMITS) for n in range(0, 40)]
+    assert lengths == sorted(lengths)
+    assert rules.check(SynthesisParams(text="Hi"), LIMITS) == []  # the default is always in range

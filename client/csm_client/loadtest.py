@@ -45,7 +45,8 @@ async def run(invocation: Invocation, result: RunResult, progress: Progress) -> 
         result.server.update(server_json(connection, info))
         if info.random_weights and workload.max_audio_ms == 0:
             progress.say(f"note: {connection.target} serves random weights, so streams run to the default "
-                         f"{info.default_max_audio_ms} ms; pass --max-audio-ms to shorten them")
+                         f"bound of their text (2 s + 150 ms a character, at most {info.default_max_audio_ms} "
+                         "ms); pass --max-audio-ms to set it")
         for index in range(args.warmup):
             progress.say(f"warm-up request {index + 1}/{args.warmup}")
             await run_request(client, workload, -1, index, time.perf_counter(), wall_deadline)

@@ -70,7 +70,7 @@ class EngineConfig:
     max_context_segments: int = 16
     max_speaker_id: int = 31
     max_audio_ms: int = 90_000
-    default_max_audio_ms: int = 20_000
+    default_max_audio_ms: int = 20_000  # ceiling of the text-derived default length (rules.default_audio_ms)
     max_context_audio_s: float = 120.0
     max_request_id_chars: int = 128
     seed: int = 0  # seed of random weights for presets

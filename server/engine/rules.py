@@ -35,6 +35,15 @@ Check = Callable[[Any, EngineLimits], str | None]  # a field's value -> what is 
 # default length: this many text positions plus default_max_audio_ms of frames.
 ROOM_TEXT_POSITIONS = 64
 
+# A request without max_audio_ms may generate DEFAULT_FLOOR_MS + DEFAULT_MS_PER_CHAR per
+# character of its text, at most default_max_audio_ms (default_audio_ms). Speech runs at about
+# 15 characters a second (~67 ms each): this allows about 2.2x that, plus 2 s for pauses, so
+# a real model ends by its end-of-audio frame long before, and a model that never ends it (the
+# random-weights presets, a real model that runs on) stops soon. "Hello from CSM." (15
+# characters): 4.25 s.
+DEFAULT_FLOOR_MS = 2_000
+DEFAULT_MS_PER_CHAR = 150
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -75,7 +84,8 @@ def _top_k(k: int, lim: EngineLimits) -> str | None:
 
 
 def _max_audio_ms(ms: int | None, lim: EngineLimits) -> str | None:
-    ms = lim.default_max_audio_ms if ms is None else ms
+    if ms is None:
+        return None  # the default (default_audio_ms) is always in range
     return None if FRAME_MS <= ms <= lim.max_audio_ms else f"{ms} is outside [{FRAME_MS}, {lim.max_audio_ms}]"
 
 
@@ -195,9 +205,18 @@ def check_segments(segments: tuple[ContextSegment, ...], limits: EngineLimits) -
     return list(_violations(SynthesisParams(text="", context=segments), limits, segments_only=True))
 
 
+def default_audio_ms(text: str, limits: EngineLimits) -> int:
+    """The length bound of a request that sets no max_audio_ms, from the text it speaks (every
+    API: csm.v1 Synthesize*, Converse turns, the HTTP API): DEFAULT_FLOOR_MS +
+    DEFAULT_MS_PER_CHAR per character, at most default_max_audio_ms, in whole 80 ms frames."""
+    ms = min(DEFAULT_FLOOR_MS + DEFAULT_MS_PER_CHAR * len(text.strip()), limits.default_max_audio_ms)
+    return max(FRAME_MS, ms // FRAME_MS * FRAME_MS)
+
+
 def max_frames(params: SynthesisParams, limits: EngineLimits) -> int:
-    """Frames the request may generate at most (max_audio_ms is an upper bound)."""
-    ms = limits.default_max_audio_ms if params.max_audio_ms is None else params.max_audio_ms
+    """Frames the request may generate at most (max_audio_ms is an upper bound; without it,
+    default_audio_ms of its text)."""
+    ms = default_audio_ms(params.text, limits) if params.max_audio_ms is None else params.max_audio_ms
     return ms // FRAME_MS
 
 

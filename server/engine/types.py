@@ -70,7 +70,7 @@ class SynthesisParams:
     temperature: float = 0.9
     top_k: int = 50
     seed: int | None = None  # None: the engine draws one
-    max_audio_ms: int | None = None  # None: EngineLimits.default_max_audio_ms
+    max_audio_ms: int | None = None  # None: bounded by the text (rules.default_audio_ms)
     output_encoding: str = OutputEncoding.PCM_S16LE.value  # an OutputEncoding value (the front end encodes)
     output_sample_rate: int = 24_000  # the engine resamples its 24 kHz output to this rate
     request_id: str = ""  # the caller's label: echoed and logged, never a key inside the engine
@@ -156,7 +156,7 @@ class EngineLimits:
     max_context_segments: int
     max_speaker_id: int
     max_audio_ms: int
-    default_max_audio_ms: int
+    default_max_audio_ms: int  # ceiling of the length of a request without max_audio_ms (rules.default_audio_ms)
     max_context_audio_s: float  # each context segment's audio
     max_request_id_chars: int
     max_conversations: int = 0  # open conversations (Converse calls) at once; 0: none

@@ -31,11 +31,13 @@ MAX_PAGE_SIZE = 1000
 
 
 class VoicesServicer(voices_pb2_grpc.VoicesServicer):
-    def __init__(self, registry: VoiceRegistry):
+    def __init__(self, registry: VoiceRegistry, tenants: TenantVoices | None = None,
+                 creates: CreateQueue | None = None):
         """`registry`: the voices directory's; each tenant's registry is made from it. Creations
-        of every tenant share one bounded queue (the encoder is one)."""
-        self._tenants = TenantVoices(registry)
-        self._creates = CreateQueue(registry.limits.max_pending_creates)
+        of every tenant share one bounded queue (the encoder is one). `tenants`, `creates`: the
+        ones the HTTP API's voices share (server/openai_voices.py); None: made here."""
+        self._tenants = tenants or TenantVoices(registry)
+        self._creates = creates or CreateQueue(registry.limits.max_pending_creates)
 
     # The tenant is read on the call's task, where the interceptor set it, and handed to the thread.
     async def CreateVoice(self, request: vpb.CreateVoiceRequest, context) -> vpb.Voice:

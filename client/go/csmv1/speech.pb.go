@@ -423,8 +423,10 @@ type SynthesizeRequest struct {
 	Context []*Segment `protobuf:"bytes,3,rep,name=context,proto3" json:"context,omitempty"`
 	// Sampling parameters; unset fields take their defaults.
 	Sampling *Sampling `protobuf:"bytes,4,opt,name=sampling,proto3" json:"sampling,omitempty"`
-	// Upper bound on the generated audio in milliseconds. 0: ModelInfo.default_max_audio_ms.
-	// At most ModelInfo.max_audio_ms. Generation usually ends earlier, at the end-of-utterance frame.
+	// Upper bound on the generated audio in milliseconds. At most ModelInfo.max_audio_ms.
+	// Generation usually ends earlier, at the end-of-utterance frame. 0: bounded by the text,
+	// 2000 + 150 per character of `text` (spaces around it not counted), rounded down to whole
+	// 80 ms frames, at most ModelInfo.default_max_audio_ms ("Hello from CSM.": 4240).
 	MaxAudioMs uint32 `protobuf:"varint,5,opt,name=max_audio_ms,json=maxAudioMs,proto3" json:"max_audio_ms,omitempty"`
 	// Output encoding and sample rate.
 	Output *OutputFormat `protobuf:"bytes,6,opt,name=output,proto3" json:"output,omitempty"`
@@ -976,7 +978,8 @@ type ModelInfo struct {
 	MaxSpeakerId uint32 `protobuf:"varint,19,opt,name=max_speaker_id,json=maxSpeakerId,proto3" json:"max_speaker_id,omitempty"`
 	// Highest accepted `max_audio_ms`.
 	MaxAudioMs uint32 `protobuf:"varint,20,opt,name=max_audio_ms,json=maxAudioMs,proto3" json:"max_audio_ms,omitempty"`
-	// The `max_audio_ms` used when a request leaves it 0.
+	// The most a request that leaves `max_audio_ms` 0 may generate (its text sets less: see
+	// SynthesizeRequest.max_audio_ms).
 	DefaultMaxAudioMs uint32 `protobuf:"varint,21,opt,name=default_max_audio_ms,json=defaultMaxAudioMs,proto3" json:"default_max_audio_ms,omitempty"`
 	// Watermarking of the output.
 	WatermarkEnabled bool `protobuf:"varint,22,opt,name=watermark_enabled,json=watermarkEnabled,proto3" json:"watermark_enabled,omitempty"`
@@ -1347,7 +1350,7 @@ type ConversationConfig struct {
 	// Output format of speak turns that set none.
 	Output *OutputFormat `protobuf:"bytes,4,opt,name=output,proto3" json:"output,omitempty"`
 	// Upper bound on the audio of each piece of a speak turn that sets none; as
-	// SynthesizeRequest.max_audio_ms (0: ModelInfo.default_max_audio_ms).
+	// SynthesizeRequest.max_audio_ms (0: bounded by each piece's text).
 	MaxAudioMs uint32 `protobuf:"varint,5,opt,name=max_audio_ms,json=maxAudioMs,proto3" json:"max_audio_ms,omitempty"`
 	// Caller's id for the conversation, echoed in `started` and in server logs. Empty: the
 	// server assigns one.
