@@ -260,6 +260,7 @@ class _Gate:
             await self._app(scope, receive, send)
             return
         status = 500  # what the client sees if the app fails before starting a response
+        start = time.monotonic()
 
         async def counted_send(message: Message) -> None:
             nonlocal status
@@ -276,4 +277,4 @@ class _Gate:
                     return
             await self._app(scope, receive, counted_send)
         finally:
-            self._metrics.observe_http(self._route(scope), status)
+            self._metrics.observe_http(self._route(scope), status, time.monotonic() - start)
