@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import urllib.request
+from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .harness import wait_for
 
@@ -92,3 +94,12 @@ def test_http_request_duration_by_route_and_status(server):
     after = wait_for(recorded, what="the HTTP duration to be recorded")
     assert delta(after, before, count) == 1
     assert 0 < delta(after, before, total) < 60
+
+
+def test_every_csm_family_is_in_the_docs_table(server):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=10).read()
+    api = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    families = {f.name for f in text_string_to_metric_families(text.decode())
+                if f.name.startswith("csm:") and not f.name.endswith("_created")}  # prometheus_client's timestamps
+    assert "csm:stream_worst_gap_seconds" in families
+    assert sorted(name for name in families if f"`{name}" not in api) == []
