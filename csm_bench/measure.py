@@ -1,5 +1,6 @@
 """What csm-bench measures: each request's trace as its consumer saw it, and the summaries of a
-run (throughput, time to first audio, gaps between chunks, the engine step's breakdown)."""
+run (throughput, time to first audio, gaps between chunks, each stream's worst playback gap, the
+engine step's breakdown)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import astuple, dataclass, field
 import numpy as np
 
 from csm_core.constants import FRAME_MS
+from csm_core.continuity import NO_GAP_S, worst_gap
 from server.engine.stream import RequestStream
 from server.engine.types import PipelineCounters, StepStats
 
@@ -48,6 +50,12 @@ class StreamTrace:
     def ttfa_s(self) -> float | None:
         return self.arrivals[0] - self.t_submit if self.arrivals else None
 
+    def worst_gap_s(self) -> float | None:
+        """The stream's worst playback gap (csm_core/continuity.py); None without audio."""
+        if not self.arrivals:
+            return None
+        return worst_gap(zip(self.arrivals, (n * FRAME_S for n in self.chunk_frames)))
+
     def gaps(self) -> list[tuple[float, float, int]]:
         """(previous arrival, arrival, frames of the arriving chunk) for every chunk after the first."""
         return [(self.arrivals[i - 1], self.arrivals[i], self.chunk_frames[i]) for i in range(1, len(self.arrivals))]
@@ -57,6 +65,7 @@ def run_entry(mode: str, concurrency: int, watermark: bool, traces: list[StreamT
     frames = sum(t.frames for t in traces)
     audio_s = frames * FRAME_S
     gaps = [g for t in traces for g in t.gaps()]
+    worst = [w for w in (t.worst_gap_s() for t in traces) if w is not None]
     return {
         "mode": mode,
         "concurrency": concurrency,
@@ -70,11 +79,21 @@ def run_entry(mode: str, concurrency: int, watermark: bool, traces: list[StreamT
         "ttfa_ms": percentiles([t.ttfa_s for t in traces if t.ttfa_s is not None]),
         "gap_ms": percentiles([(b - a) / n for a, b, n in gaps], with_max=True),  # per frame
         "chunk_gap_ms": percentiles([b - a for a, b, _ in gaps], with_max=True),  # raw, between AudioOuts
+        "worst_gap_ms": worst_gap_summary(worst),
         "per_request": [{"frames": t.frames, "samples": t.samples, "finish": t.finish,
                          "prompt_positions": t.prompt_positions,
                          "ttfa_ms": None if t.ttfa_s is None else to_ms(t.ttfa_s)} for t in traces],
     }
 
+
+
+def worst_gap_summary(worst: list[float]) -> dict | None:
+    """Streams' worst gaps (seconds): p50 / p95 / p99 in ms and the share with none over NO_GAP_S."""
+    if not worst:
+        return None
+    values = np.asarray(worst, dtype=np.float64)
+    out = {f"p{q}": to_ms(float(np.percentile(values, q))) for q in (50, 95, 99)}
+    return {**out, "max": to_ms(float(values.max())), "no_gap_share": round(float(np.mean(values <= NO_GAP_S)), 4)}
 
 
 def counters_since(after: PipelineCounters, before: PipelineCounters) -> PipelineCounters:

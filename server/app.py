@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from csm_wire import speech_pb2, speech_pb2_grpc, voices_pb2, voices_pb2_grpc
 from server import reflection
 from server.auth import BearerTokenInterceptor, BearerTokens
-from server.engine.types import StepStats
+from server.engine.types import RequestTimes, StepStats
 from server.converse.call import ConverseCall
 from server.errors import StatusInterceptor, Unauthenticated, describe
 from server.http_api import HttpApi, failure_response
@@ -77,6 +77,7 @@ class ServedEngine(EngineClient, Protocol):
     """What the server (and csm-serve) need from server.engine.engine.Engine beyond the servicer's part."""
 
     def add_step_observer(self, fn: Callable[[StepStats], None]) -> None: ...
+    def add_request_observer(self, fn: Callable[[RequestTimes], None]) -> None: ...
     def add_fatal_observer(self, fn: Callable[[BaseException], None]) -> None: ...
     def drain(self, grace_s: float) -> bool: ...
     def shutdown(self) -> None: ...
@@ -179,8 +180,9 @@ class SpeechServer:
         self._engine = engine
         self.config = config
         self.model_names = config.served_model_names or (engine.info().model_source, *OPENAI_TTS_MODELS)
-        self.metrics = Metrics(engine.stats, self.model_names[0])
+        self.metrics = Metrics(engine.stats, self.model_names[0], engine.info())
         engine.add_step_observer(self.metrics.observe_step)
+        engine.add_request_observer(self.metrics.observe_times)
         tokens = BearerTokens(config.auth_tokens) if config.auth_tokens else None
         self._tokens = tokens
         self._door = FrontDoor(engine, voices, self.metrics)  # every transport's way in

@@ -305,6 +305,7 @@ class _Gate:
         status = 500  # what the client sees if the app fails before starting a response
         request_id = Request(scope).headers.get("x-request-id") or uuid.uuid4().hex
         scope[REQUEST_ID_SCOPE_KEY] = request_id
+        start = time.monotonic()
 
         async def counted_send(message: Message) -> None:
             nonlocal status
@@ -325,4 +326,4 @@ class _Gate:
                     return
             await self._app(scope, receive, counted_send)
         finally:
-            self._metrics.observe_http(self._route(scope), status)
+            self._metrics.observe_http(self._route(scope), status, time.monotonic() - start)

@@ -36,6 +36,8 @@ def check_engine(run):
         gap = run[key]
         assert 0 < gap["p50"] <= gap["p95"] <= gap["max"]
     assert run["gap_ms"]["max"] <= run["chunk_gap_ms"]["max"]
+    worst = run["worst_gap_ms"]  # playback continuity per stream (csm_core/continuity.py)
+    assert 0 <= worst["p50"] <= worst["p95"] <= worst["p99"] <= worst["max"] and 0 <= worst["no_gap_share"] <= 1
     assert set(run["breakdown_ms"]) == {"backbone", "depth", "mimi", "mimi_busy", "watermark", "other"}
     assert run["breakdown_ms"]["mimi_busy"] > 0 and 1 <= run["mimi_frames_per_call"] <= 4
     assert run["step_ms"] > 0 and run["steps"] >= max(r["frames"] for r in run["per_request"])
@@ -54,7 +56,7 @@ def test_reference_and_engine_without_watermark(tmp_path):
     for run in runs:
         check_common(run, 2, 400)
     ref, *engine = runs
-    assert ref["gap_ms"] is None
+    assert ref["gap_ms"] is None and ref["worst_gap_ms"] is None
     assert set(ref["breakdown_ms"]) >= {"generate", "mimi", "watermark"}
     for run in engine:
         check_engine(run)

@@ -76,3 +76,17 @@ def test_the_default_prompt_set_ships():
     parser = build_parser()
     prompts = load_prompts(parser.parse_args([]), parser)
     assert len(prompts) >= 20 and all(p and not p.startswith("#") for p in prompts)
+
+
+def test_worst_gaps_are_summarized_over_successful_streams():
+    records = [record(i) for i in range(4)] + [record(4, "UNAVAILABLE")]
+    for r, worst in zip(records, (0.0, 50.0, 100.0, 400.0, 900.0)):
+        r.worst_gap_ms = worst
+    step = summarize(StepPlan(concurrency=1, requests=5), records, 1.0, False, Slo())
+    assert step.worst_gap_ms["max"] == 400.0 and step.worst_gap_ms["p50"] == pytest.approx(75.0)
+    assert step.no_gap_share == pytest.approx(3 / 4)  # at most 100 ms, failed calls left out
+    doc = step.to_json()
+    assert doc["no_gap_share"] == 0.75 and doc["worst_gap_ms"]["p99"] <= 400.0
+    empty = summarize(StepPlan(concurrency=1, requests=1), [record(0, "UNAVAILABLE")], 1.0, False, Slo())
+    assert empty.no_gap_share is None and empty.worst_gap_ms["p50"] is None
+    assert "worst gap ms" in table(RunResult(server={}, mode="concurrency", settings={}, slo=Slo(), steps=[step]))

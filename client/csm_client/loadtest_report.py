@@ -10,7 +10,8 @@ from pathlib import Path
 
 from csm_client.loadtest_run import RequestRecord
 from csm_client.loadtest_stats import (
-    RTF_DEFINITION, THROUGHPUT_DEFINITION, TTFA_DEFINITION, UNDERRUN_DEFINITION, Slo, StepSummary, slo_max_load,
+    RTF_DEFINITION, THROUGHPUT_DEFINITION, TTFA_DEFINITION, UNDERRUN_DEFINITION, WORST_GAP_DEFINITION, Slo,
+    StepSummary, slo_max_load,
 )
 
 
@@ -39,7 +40,7 @@ class RunResult:
             "mode": self.mode,
             "settings": self.settings,
             "definitions": {"rtf": RTF_DEFINITION, "ttfa_ms": TTFA_DEFINITION, "underruns": UNDERRUN_DEFINITION,
-                            "throughput_audio_s_per_s": THROUGHPUT_DEFINITION},
+                            "throughput_audio_s_per_s": THROUGHPUT_DEFINITION, "worst_gap_ms": WORST_GAP_DEFINITION},
             "rtf_definition": RTF_DEFINITION,
             "slo": self.slo.to_json() if self.slo.given else None,
             "steps": [step.to_json() for step in self.steps],
@@ -65,6 +66,7 @@ def record_json(record: RequestRecord, steps: Sequence[StepSummary]) -> dict:
         "rtf": None if record.rtf is None else round(record.rtf, 4),
         "chunks": record.chunks, "max_gap_ms": round(max(record.gaps_ms), 2) if record.gaps_ms else None,
         "gaps_ms": [round(g, 2) for g in record.gaps_ms], "underruns": record.underruns,
+        "worst_gap_ms": None if record.worst_gap_ms is None else round(record.worst_gap_ms, 2),
         "finish_reason": record.finish_reason,
         "server_queue_ms": None if record.server_queue_ms is None else round(record.server_queue_ms, 2),
     }
@@ -76,7 +78,8 @@ def write_json(result: RunResult, path: str, with_records: bool) -> None:
 
 STEP_COLUMNS = ("load", "requests", "ok", "errors", "wall_s", "requests_per_s", "throughput_audio_s_per_s",
                 "ttfa_p50_ms", "ttfa_p90_ms", "ttfa_p95_ms", "ttfa_p99_ms",
-                "rtf_p50", "rtf_p90", "rtf_p95", "rtf_p99", "underruns", "slo_met")
+                "rtf_p50", "rtf_p90", "rtf_p95", "rtf_p99", "underruns",
+                "worst_gap_p50_ms", "worst_gap_p95_ms", "worst_gap_p99_ms", "no_gap_share", "slo_met")
 
 
 def write_steps_csv(result: RunResult, path: str) -> None:
@@ -90,12 +93,13 @@ def write_steps_csv(result: RunResult, path: str) -> None:
                 j["wall_s"], j["requests_per_s"], j["throughput_audio_s_per_s"],
                 *(j["ttfa_ms"][f"p{q}"] for q in (50, 90, 95, 99)),
                 *(j["rtf"][f"p{q}"] for q in (50, 90, 95, 99)),
-                j["underruns"], "" if j["slo_met"] is None else j["slo_met"],
+                j["underruns"], *(j["worst_gap_ms"][f"p{q}"] for q in (50, 95, 99)),
+                "" if j["no_gap_share"] is None else j["no_gap_share"], "" if j["slo_met"] is None else j["slo_met"],
             ])
 
 
 RECORD_COLUMNS = ("step", "load", "index", "status", "sent_s", "ttfa_ms", "total_ms", "audio_s", "rtf", "chunks",
-                  "max_gap_ms", "underruns", "finish_reason", "server_queue_ms", "detail")
+                  "max_gap_ms", "underruns", "worst_gap_ms", "finish_reason", "server_queue_ms", "detail")
 
 
 def write_records_csv(result: RunResult, path: str) -> None:
@@ -111,14 +115,16 @@ def write_records_csv(result: RunResult, path: str) -> None:
 def table(result: RunResult) -> str:
     """The summary table, one row per step, then the errors by code."""
     head = (f"{result.mode:>11} {'reqs':>5} {'ok':>5} {'err':>5} {'req/s':>7} {'audio s/s':>9}  "
-            f"{'TTFA ms p50/p90/p95/p99':>27}  {'RTF p50/p90/p95/p99':>23} {'underruns':>9}")
+            f"{'TTFA ms p50/p90/p95/p99':>27}  {'RTF p50/p90/p95/p99':>23} {'underruns':>9}  "
+            f"{'worst gap ms p50/p95/p99':>24} {'no gap':>6}")
     if result.slo.given:
         head += "  SLO"
     lines = [head]
     for step in result.steps:
         row = (f"{step.x:>11g} {step.requests:>5} {step.ok:>5} {step.requests - step.ok:>5} "
                f"{step.requests_per_s:>7.2f} {step.throughput:>9.2f}  "
-               f"{_quad(step.ttfa_ms, '{:.0f}'):>27}  {_quad(step.rtf, '{:.2f}'):>23} {step.underruns:>9}")
+               f"{_quad(step.ttfa_ms, '{:.0f}'):>27}  {_quad(step.rtf, '{:.2f}'):>23} {step.underruns:>9}  "
+               f"{_quad(step.worst_gap_ms, '{:.0f}', (50, 95, 99)):>24} {_share(step.no_gap_share):>6}")
         if step.slo_met is not None:
             row += "  " + ("met" if step.slo_met else "missed")
         lines.append(row + (" (cut by --max-wall-s)" if step.truncated else ""))
@@ -138,6 +144,7 @@ def table(result: RunResult) -> str:
         lines.append(f"largest {result.mode} meeting the SLO ({bounds}, error rate <= "
                      f"{result.slo.max_error_rate:g}): {verdict}")
     lines.append(f"RTF: {RTF_DEFINITION}.")
+    lines.append(f"Worst gap: {WORST_GAP_DEFINITION}.")
     return "\n".join(lines)
 
 
@@ -146,5 +153,9 @@ def _first_line(text: str, limit: int = 160) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _quad(values: dict[str, float | None], fmt: str) -> str:
-    return "/".join("-" if values[f"p{q}"] is None else fmt.format(values[f"p{q}"]) for q in (50, 90, 95, 99))
+def _quad(values: dict[str, float | None], fmt: str, qs: tuple[int, ...] = (50, 90, 95, 99)) -> str:
+    return "/".join("-" if values[f"p{q}"] is None else fmt.format(values[f"p{q}"]) for q in qs)
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"

@@ -93,6 +93,7 @@ class RequestRecord:
     chunks: int = 0
     gaps_ms: list[float] = field(default_factory=list)  # between consecutive chunks
     underruns: int = 0
+    worst_gap_ms: float | None = None  # the stream's worst playback gap (None: no audio)
     finish_reason: str = ""
     server_queue_ms: float | None = None
 
@@ -108,13 +109,24 @@ class RequestRecord:
 
 class Playback:
     """A player that starts at the first chunk and plays without pause while it has audio:
-    an underrun is a chunk that arrives after everything delivered before it has been played."""
+    an underrun is a chunk that arrives after everything delivered before it has been played.
+    The worst gap (as the server's csm:stream_worst_gap_seconds, csm_core/continuity.py): the
+    largest lateness of a chunk, arrival - (first arrival + seconds of audio before it)."""
 
     def __init__(self) -> None:
         self.ends_at: float | None = None
         self.underruns = 0
+        self.start: float | None = None  # the first chunk with audio
+        self.before_s = 0.0  # audio delivered before the next chunk
+        self.worst_gap_s = 0.0
 
     def arrive(self, now: float, duration_s: float) -> None:
+        if duration_s > 0:
+            if self.start is None:
+                self.start = now
+            else:
+                self.worst_gap_s = max(self.worst_gap_s, now - (self.start + self.before_s))
+            self.before_s += duration_s
         if self.ends_at is not None and now <= self.ends_at:
             self.ends_at += duration_s
             return
@@ -149,6 +161,7 @@ async def run_request(client: AsyncSpeechClient, workload: Workload, step: int, 
         record.status, record.detail = error.code().name, error.details() or ""
     record.total_ms = (time.perf_counter() - sent) * 1000.0
     record.underruns = playback.underruns
+    record.worst_gap_ms = playback.worst_gap_s * 1000.0 if playback.start is not None else None
     if stream.result is not None:
         record.finish_reason = _finish_reason(stream.result.finish_reason)
         record.server_queue_ms = stream.result.queue_ms

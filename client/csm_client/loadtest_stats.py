@@ -14,6 +14,11 @@ RTF_DEFINITION = ("real-time factor = total time of the call (send -> end of str
                   "received; lower is better, below 1 is faster than real time")
 UNDERRUN_DEFINITION = ("a chunk that arrives after a player, started at the first chunk and playing without "
                        "pause, has played all the audio delivered before it (the gap outlasts the buffered audio)")
+NO_GAP_MS = 100.0  # a stream whose worst gap is at most this plays without a gap
+WORST_GAP_DEFINITION = ("worst gap = the largest lateness of a stream's chunks, arrival - (first chunk's arrival + "
+                        "seconds of audio before it): how long a player started at the first chunk would have "
+                        "waited for audio (0: never); no_gap_share = share of successful streams whose worst gap "
+                        f"is at most {NO_GAP_MS:g} ms")
 TTFA_DEFINITION = "time to first audio = send -> arrival of the first audio chunk, on the client's clock"
 THROUGHPUT_DEFINITION = "seconds of audio received in the step / wall seconds of the step"
 
@@ -80,6 +85,8 @@ class StepSummary:
     chunk_gap_ms: dict[str, float | None]
     underruns: int
     requests_with_underruns: int
+    worst_gap_ms: dict[str, float | None]
+    no_gap_share: float | None  # successful streams whose worst gap is at most NO_GAP_MS (None: none)
     truncated: bool  # the run's wall deadline cut the step short
     slo_met: bool | None = None  # None: no SLO given
 
@@ -116,6 +123,8 @@ class StepSummary:
             "chunk_gap_ms": _rounded(self.chunk_gap_ms, 2),
             "underruns": self.underruns,
             "requests_with_underruns": self.requests_with_underruns,
+            "worst_gap_ms": _rounded(self.worst_gap_ms, 2),
+            "no_gap_share": None if self.no_gap_share is None else round(self.no_gap_share, 4),
             "truncated": self.truncated,
             "slo_met": self.slo_met,
         }
@@ -126,6 +135,7 @@ def summarize(plan: StepPlan, records: Sequence[RequestRecord], wall_s: float, t
     good = [r for r in records if r.ok]
     gaps = [g for r in records for g in r.gaps_ms]
     errors = Counter(r.status for r in records if not r.ok)
+    worst = [r.worst_gap_ms for r in good if r.worst_gap_ms is not None]
     summary = StepSummary(
         plan=plan,
         requests=len(records),
@@ -140,6 +150,8 @@ def summarize(plan: StepPlan, records: Sequence[RequestRecord], wall_s: float, t
         chunk_gap_ms={**percentiles(gaps), "max": max(gaps, default=None)},
         underruns=sum(r.underruns for r in records),
         requests_with_underruns=sum(1 for r in records if r.underruns),
+        worst_gap_ms={**percentiles(worst), "max": max(worst, default=None)},
+        no_gap_share=sum(w <= NO_GAP_MS for w in worst) / len(worst) if worst else None,
         truncated=truncated,
     )
     summary.slo_met = slo.met_by(summary) if slo.given else None

@@ -22,7 +22,7 @@ from server.engine.preemption import Preemption
 from server.engine.request import Request, RequestStatus
 from server.engine.scheduler import Scheduler
 from server.engine.sessions import Sessions
-from server.engine.types import ContextState, EngineStats, Finished, FinishReason, Violation
+from server.engine.types import ContextState, EngineStats, Finished, FinishReason, RequestTimes, Violation
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class RequestBooks:
         self._requests: dict[int, Request] = {}  # every request not finished, by id
         self._ending: list[StreamEnd] = []  # ends handed to Mimi, their Finished maybe not pushed yet
         self._broken = False  # a pipeline thread stopped: ends go straight to their streams
+        self.observers: list[Callable[[RequestTimes], None]] = []  # told of every request's end
 
     def open(self, req: Request) -> None:
         self._requests[req.id] = req
@@ -63,6 +64,7 @@ class RequestBooks:
         self._drop_swapped(req)
         req.state = None
         del self._requests[req.id]
+        self._observe(req)
         if error:
             log.warning("request %r ended (%s): %s", req.label, reason.value, error)
         if req.stream is not None and not self._broken:  # its end follows its frames through Mimi and output
@@ -77,6 +79,21 @@ class RequestBooks:
             queue_s=(req.t_admitted or req.t_finished) - req.t_arrival, ttfa_s=None,
             total_s=req.t_finished - req.t_arrival, watermarked=self._watermarked, error=error,
             violations=violations, context=context))
+
+    def _observe(self, req: Request) -> None:
+        if not self.observers:
+            return
+        first, admitted, ended = req.t_first_frame, req.t_admitted, req.t_finished
+        times = RequestTimes(
+            reason=req.finish_reason, max_frames=req.max_frames, frames=req.num_frames,
+            queue_s=None if admitted is None else admitted - req.t_arrival,
+            prefill_s=None if first is None or admitted is None else first - admitted,
+            decode_s=None if first is None else ended - first)
+        for fn in self.observers:
+            try:
+                fn(times)
+            except Exception:  # an observer's fault never ends the engine
+                log.exception("request observer failed")
 
     def finish_all(self, reason: FinishReason, error: str) -> None:
         """Every request not finished yet (the engine stops)."""

@@ -59,6 +59,7 @@ class EngineCore:
         self._admission = admission
         self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked, runner.drop_swapped,
                                    self.preemption)
+        self.request_observers = self._books.observers
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.frame_observers: list[Callable[[str, torch.Tensor], None]] = []
         self.fatal_observers: list[Callable[[BaseException], None]] = []
@@ -277,6 +278,8 @@ class EngineCore:
                 finished.append(FinishReason.EOS)
                 continue
             req.num_frames += 1
+            if req.num_frames == 1:
+                req.t_first_frame = time.monotonic()
             if req.turn is not None:
                 self.sessions.frame(req, result.codes[i])
             for fn in self.frame_observers:

@@ -40,7 +40,7 @@ from server.engine.sessions import Sessions
 from server.engine.stream import RequestStream
 from server.engine.threads import plan_threads
 from server.engine.types import (
-    EngineInfo, EngineStats, EngineUnavailable, InvalidRequest, PipelineCounters, QueueFull, StepStats,
+    EngineInfo, EngineStats, EngineUnavailable, InvalidRequest, PipelineCounters, QueueFull, RequestTimes, StepStats,
     SynthesisParams, TooManyConversations,
 )
 
@@ -143,6 +143,10 @@ class Engine:
     def add_step_observer(self, fn: Callable[[StepStats], None]) -> None:
         """fn(StepStats) after every engine step, on the engine thread."""
         self._core.step_observers.append(fn)
+
+    def add_request_observer(self, fn: Callable[[RequestTimes], None]) -> None:
+        """fn(RequestTimes) when a request ends (any reason), on the engine thread."""
+        self._core.request_observers.append(fn)
 
     def add_frame_observer(self, fn: Callable[[str, torch.Tensor], None]) -> None:
         """fn(request label, codes [32] on CPU) for every generated frame (debugging, tests)."""

@@ -65,6 +65,7 @@ class PrefixCacheStats:
     hits: int  # lookups that found at least one block
     hit_positions: int  # prompt positions copied instead of prefilled
     evictions: int  # blocks evicted to make room
+    query_positions: int = 0  # prompt positions of the whole chunks looked up (hit or not)
 
     @property
     def misses(self) -> int:
@@ -95,7 +96,7 @@ class PrefixIndex:
         self._lru: OrderedDict[int, None] = OrderedDict()  # committed blocks, least recent first
         self._pins: dict[int, int] = {}  # block -> admitted requests about to copy it
         self._writing: set[int] = set()
-        self._lookups = self._hits = self._hit_positions = self._evictions = 0
+        self._lookups = self._hits = self._hit_positions = self._evictions = self._query_positions = 0
 
     # -- lookups (admission) -----------------------------------------------------------
     def match(self, hashes: tuple[BlockHash, ...], max_blocks: int) -> list[int]:
@@ -111,6 +112,7 @@ class PrefixIndex:
             self._lookups += 1
             self._hits += bool(blocks)
             self._hit_positions += len(blocks) * self.block_positions
+            self._query_positions += min(len(hashes), max_blocks) * self.block_positions
         for block in reversed(blocks):  # deepest first: the shared root ends most recent
             self._lru.move_to_end(block)
             self._pins[block] = self._pins.get(block, 0) + 1
@@ -168,4 +170,4 @@ class PrefixIndex:
         return PrefixCacheStats(
             num_blocks=self.num_blocks, block_positions=self.block_positions, block_bytes=self.block_bytes,
             blocks_used=len(self._hash_of), lookups=self._lookups, hits=self._hits,
-            hit_positions=self._hit_positions, evictions=self._evictions)
+            hit_positions=self._hit_positions, evictions=self._evictions, query_positions=self._query_positions)

@@ -58,6 +58,7 @@ class Request:
     # Model-side state (tensors), owned by the runner; opaque to the scheduler.
     state: Any = None
     t_admitted: float | None = None
+    t_first_frame: float | None = None  # its first generated frame (the end of its prefill)
     t_finished: float | None = None
 
     @property

@@ -222,6 +222,18 @@ class StepStats:
 
 
 @dataclass(slots=True, frozen=True)
+class RequestTimes:
+    """Handed to request observers (`Engine.add_request_observer`) when a request ends, on the engine thread."""
+
+    reason: FinishReason
+    max_frames: int  # its length limit (max_audio_ms, or the default), in frames; 0 for a listening turn
+    frames: int  # generated (EOS not counted)
+    queue_s: float | None  # arrival -> a slot (None: it never had one)
+    prefill_s: float | None  # a slot -> its first frame (None: no frame)
+    decode_s: float | None  # its first frame -> its end (None: no frame)
+
+
+@dataclass(slots=True, frozen=True)
 class PipelineCounters:
     """Busy time of the threads beside the engine's, and Mimi's calls, since the engine started."""
 

@@ -5,7 +5,8 @@ turn in order), encodes their audio with one encoder (compressing encoders on a 
 never on the event loop) and yields the encoded pieces. It pulls an event only when the
 transport asks for the next piece, so a client that stops reading stops the pulling: the
 stream's unread audio grows and the engine pauses the request (server/engine/stream.py), the
-same bound for every transport. It measures time to first audio and the gaps between pieces,
+same bound for every transport. It measures time to first audio, the gaps between pieces and
+the response's worst playback gap (csm_core/continuity.py, at the hand-off to the transport),
 records the response's end in the metrics with one log line, and cancels the engine stream if
 the transport stops early. Its Summary (server/front/engine_client.py) is the final result
 every transport reports.
@@ -19,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
+from csm_core.continuity import WorstGap
 from server.audio_encoding import Encoder
 from server.engine.stream import RequestStream
 from server.engine.types import Finished, FinishReason, InvalidRequest
@@ -53,6 +55,7 @@ class AudioDelivery:
         self._stream = stream
         self._held = 0  # samples encoded whose bytes have not come out yet
         self._last_piece_at = arrival
+        self.playback = WorstGap()  # fed every piece as it is handed to the transport
         self._frames = 0
         self._first: Finished | None = None
         self._recorded = False
@@ -122,6 +125,8 @@ class AudioDelivery:
         self._recorded = True
         summary = self.result = self.summary(reason)
         self._metrics.observe_request(summary)
+        if self.playback.started:
+            self._metrics.observe_playback(self.playback.worst_s)
         first = f"{summary.first_audio_s * 1000:.0f} ms" if summary.first_audio_s is not None else "none"
         log.info("request %r: %s, %d frames, %.2f s audio, first audio %s, total %.0f ms", self.request_id,
                  reason.value, summary.frames, summary.audio_s, first, summary.total_s * 1000)
@@ -142,6 +147,7 @@ class AudioDelivery:
             self._metrics.inter_chunk_latency.observe(now - self._last_piece_at)
         self._last_piece_at = now
         self.pieces_sent += 1
+        self.playback.arrive(now, self._held / self.sample_rate)
         piece = Piece(data, self._held)
         self._held = 0
         return piece

@@ -23,7 +23,7 @@ from .harness import LoopbackServer
 
 QUANTILES = ("p50", "p90", "p95", "p99")
 STEP_FIELDS = {"requests", "ok", "errors", "wall_s", "requests_per_s", "throughput_audio_s_per_s", "audio_s",
-               "ttfa_ms", "rtf", "total_ms", "chunk_gap_ms", "underruns", "truncated", "slo_met"}
+               "ttfa_ms", "rtf", "total_ms", "chunk_gap_ms", "underruns", "worst_gap_ms", "no_gap_share", "truncated", "slo_met"}
 
 
 def run_json(tmp_path: Path, *args: str) -> tuple[int, dict]:
@@ -61,12 +61,16 @@ def test_concurrency_sweep_report(server, tmp_path):
         assert step["requests"] == 3 and step["ok"] == 3 and step["errors"] == {}
         assert step["throughput_audio_s_per_s"] > 0 and step["requests_per_s"] > 0 and step["slo_met"] is True
         assert 0 < step["ttfa_ms"]["p50"] <= step["total_ms"]["p99"]
+        worst = [step["worst_gap_ms"][q] for q in QUANTILES] + [step["worst_gap_ms"]["max"]]
+        assert worst == sorted(worst) and worst[0] >= 0 and 0 <= step["no_gap_share"] <= 1
     assert doc["slo_max_concurrency"] == 2 and doc["slo_max_rate"] is None
     assert doc["slo"] == {"ttfa_ms": 60000.0, "rtf": 1000.0, "percentile": 95, "max_error_rate": 0.0}
     for record in doc["records"]:
         assert record["status"] == "OK" and 0 < record["audio_s"] <= 0.24 + 1e-9
         assert record["rtf"] == pytest.approx(record["total_ms"] / 1000 / record["audio_s"], rel=1e-3)
         assert record["ttfa_ms"] <= record["total_ms"] and len(record["gaps_ms"]) == record["chunks"] - 1
+        assert 0 <= record["worst_gap_ms"] <= record["total_ms"]
+    assert "worst_gap_ms" in doc["definitions"]
     assert doc["truncated"] is False and doc["skipped_steps"] == []
 
     rows = list(csv.DictReader(steps_csv.open()))
