@@ -31,9 +31,10 @@ GRACE_S = 15  # after a phase's limit: its watchdog's tracebacks and exit, then 
 RESERVE_S = 5  # kept for the summary
 MIN_S = 20  # a phase starts only with this much of its limit left
 
-# (phase, GPU limit s, CPU dry-run limit s), most telling first: a short budget skips the last
-PHASES = (("pytest", 100, 90), ("steps", 90, 90), ("sweep-off", 110, 120), ("sweep-on", 80, 90),
-          ("parity", 50, 90), ("precision", 45, 60), ("int8", 45, 60), ("float8", 40, 60), ("eager", 40, 60))
+# (phase, GPU limit s, CPU dry-run limit s), most telling first: a short budget skips the last. The
+# dry run's limits are wide: a shared 2-core machine under others' load runs its phases 2-4x slower.
+PHASES = (("pytest", 100, 150), ("steps", 90, 150), ("sweep-off", 110, 180), ("sweep-on", 80, 180),
+          ("parity", 50, 240), ("precision", 45, 180), ("int8", 45, 120), ("float8", 40, 60), ("eager", 40, 60))
 
 
 # What a CPU cannot run, refused by the dry run without a process (a torch start costs 10-30 s there)
@@ -112,8 +113,9 @@ def _sweep_lines(phases: dict) -> list[str]:
             continue
         for run in p["result"]["report"]["runs"]:
             ttfa, gap = run["ttfa_ms"] or {}, run.get("chunk_gap_ms") or {}
+            rate = run["throughput_audio_s_per_s"]
             lines.append(f"| {name} | {run['concurrency']} | {'on' if run['watermark'] else 'off'} | "
-                         f"{run['throughput_audio_s_per_s']:.2f} | {run['throughput_audio_s_per_s'] / run['concurrency']:.2f}"
+                         f"{rate:.2f} | {rate / run['concurrency']:.2f}"
                          f" | {_f(ttfa.get('p50'), 0)} / {_f(ttfa.get('p95'), 0)} | {_f(gap.get('max'), 0)} | "
                          f"{_f(run.get('step_ms'))} |")
     return lines
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
             result["phases"][name] = {"status": "skipped", "reason": f"{max(left, 0):.0f} s left of the budget"}
         else:
             limit = min(limit, left)
-            print(f"== {name} (limit {limit:.0f} s, {deadline - time.monotonic():.0f} s of the budget left)", flush=True)
+            budget_left = deadline - time.monotonic()
+            print(f"== {name} (limit {limit:.0f} s, {budget_left:.0f} s of the budget left)", flush=True)
             result["phases"][name] = entry = run_phase(name, plan, limit, work, env)
             print(f"== {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
         (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
