@@ -1,293 +1,192 @@
-"""The GPU check's measurements; scripts/gpu_check.sh runs it after pytest tests/test_cuda.py.
+"""The GPU check's conductor (scripts/gpu_check.sh runs it): every phase of scripts/gpu_phases.py in
+a process of its own, each with its own time limit, then the summary table, printed last.
 
-    python scripts/gpu_check.py --out DIR [--cpu-dry-run] [--budget-s 420] [--pytest-rc RC]
+    python scripts/gpu_check.py --out DIR --budget-s 450 [--cpu-dry-run]
 
-Phases, each written to DIR/gpu_check.json (csm-bench's reports inside) as it ends; one that fails
-records its error and the next one runs; one that would not fit the time left is recorded as
-skipped, so they run in order of importance: parity, sweep "graphs", precision, the other sweeps.
-- parity: the engine's production path on CUDA (fp32; CUDA graphs, FlexAttention) against the
-  one-request reference path on CPU (fp32, exact), greedy, bench preset: frames equal per request,
-  and the largest logit difference along the CPU's frames (teacher-forced: free-running greedy
-  frames part ways at the first near-tie, and random weights give flat logits).
-- precision: bf16 against fp32 on csm-1b random weights (CUDA, flex): greedy frame agreement and
-  the logit difference along fp32's frames.
-- sweep: csm-bench on csm-1b bf16, one engine of 256 slots per configuration: "graphs" (CUDA
-  graphs) with watermark off and on at 1, 16, 64, 128, 256 streams; "int8", "float8" and "eager"
-  (graphs off) at 1, 64, 256 streams, watermark off. Each run serves one wave of N requests of
-  2 s of audio.
-DIR/gpu_check.md holds the summary table. --cpu-dry-run runs the same flow on CPU with the tiny
-preset and a tiny sweep (tests/test_gpu_check.py), so the script never rots.
+It imports no torch, so nothing a phase does to CUDA can hang it. A phase runs when at least
+MIN_S of its limit is left of the budget, under min(limit, what is left): its own watchdog
+(faulthandler) writes every thread's traceback and ends it at the limit; if it is still there
+GRACE_S later, its process group is killed. Either way the result is "timed out", its
+tracebacks go into the log and the JSON, and the next phase runs. All phases share one
+TorchInductor/Triton cache directory, so a kernel compiled once (FlexAttention of one cache
+shape) is loaded, not compiled, by the later phases. DIR gets gpu_check.json (every phase as it
+ends) and gpu_check.md (the summary); gpu_check.sh adds gpu_check.log (all output) and, on a
+GPU, nvidia-smi.txt. Test hook: CSM_GPU_CHECK_LIMITS=NAME=S[,NAME=S] overrides limits.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import math
-import platform
+import os
+import signal
+import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+GRACE_S = 15  # after a phase's limit: its watchdog's tracebacks and exit, then SIGKILL
+RESERVE_S = 5  # kept for the summary
+MIN_S = 20  # a phase starts only with this much of its limit left
 
-sys.path.append(str(Path(__file__).resolve().parents[1]))  # a checkout not installed (PYTHONPATH comes first)
-
-from csm_bench import cli as bench  # noqa: E402
-from csm_core.checkpoint import load_model, resolve_device  # noqa: E402
-from csm_core.constants import FRAME_MS  # noqa: E402
-from csm_core.framing import build_prompt  # noqa: E402
-from csm_core.generate import frame_logits, generate  # noqa: E402
-from csm_core.sampling import SamplingParams  # noqa: E402
-from csm_core.text import OFFLINE_TOKENIZER, load_tokenizer  # noqa: E402
-from server.engine.config import EngineConfig  # noqa: E402
-from server.engine.engine import build  # noqa: E402
-from server.engine.types import Finished, SynthesisParams  # noqa: E402
-
-GREEDY = SamplingParams(temperature=0.0)
+# (phase, GPU limit s, CPU dry-run limit s), most telling first: a short budget skips the last. The
+# dry run's limits are wide: a shared 2-core machine under others' load runs its phases 2-4x slower.
+PHASES = (("pytest", 100, 150), ("steps", 90, 150), ("sweep-off", 110, 180), ("sweep-on", 80, 180),
+          ("parity", 50, 240), ("precision", 45, 180), ("int8", 45, 120), ("float8", 40, 60), ("eager", 40, 60))
 
 
-@dataclass(frozen=True)
-class Plan:
-    device: str
-    dtype: str  # of the sweep
-    parity_preset: str
-    parity_requests: int
-    parity_frames: int
-    precision_preset: str
-    precision_requests: int
-    precision_frames: int
-    sweep_preset: str
-    sweep_slots: int
-    concurrency: tuple[int, ...]  # the main configuration's
-    few_concurrency: tuple[int, ...]  # the other configurations'
-    audio_ms: int
-    # seconds a phase is expected to take at most: it is skipped when less is left
-    phase_s: dict = field(default_factory=dict)
+# What a CPU cannot run, refused by the dry run without a process (a torch start costs 10-30 s there)
+REFUSED_ON_CPU = {"float8": "float8 needs a CUDA device of compute capability >= 8.9 (Ada, Hopper or newer)",
+                  "eager": "graphs off is what every CPU phase runs already (CUDA graphs are CUDA's)"}
 
 
-GPU = Plan("cuda", "bfloat16", "bench", 2, 40, "csm-1b", 1, 20, "csm-1b", 256, (1, 16, 64, 128, 256), (1, 64, 256),
-           2000, {"parity": 60, "precision": 80, "graphs": 150, "int8": 50, "float8": 50, "eager": 60})
-DRY_RUN = Plan("cpu", "float32", "tiny", 2, 6, "tiny", 1, 6, "tiny", 2, (1, 2), (2,), 240,
-               {"parity": 30, "precision": 20, "graphs": 60, "int8": 25, "float8": 25, "eager": 25})
-
-# name -> csm-bench flags, and whether it takes the main concurrency list
-SWEEP = {
-    "graphs": (["--cuda-graphs", "on", "--quantize", "none", "--watermark", "both"], True),
-    "int8": (["--cuda-graphs", "on", "--quantize", "int8-weight", "--watermark", "off"], False),
-    "float8": (["--cuda-graphs", "on", "--quantize", "float8", "--watermark", "off"], False),
-    "eager": (["--cuda-graphs", "off", "--quantize", "none", "--watermark", "off"], False),
-}
-
-TEXTS = ("Hello there, thanks for calling.", "The weather tomorrow looks bright.",
-         "Turn left at the second light.", "Please hold for a moment.")
+def limits(dry_run: bool) -> dict[str, float]:
+    out = {name: float(cpu if dry_run else gpu) for name, gpu, cpu in PHASES}
+    for item in filter(None, os.environ.get("CSM_GPU_CHECK_LIMITS", "").split(",")):
+        name, _, seconds = item.partition("=")
+        out[name] = float(seconds)
+    return out
 
 
-def frames_agreement(got: torch.Tensor, want: torch.Tensor) -> dict:
-    """Two greedy frame sequences [n, 32]: equal, the frames before they part, codes equal overall."""
-    n = min(len(got), len(want))
-    same = (got[:n] == want[:n]).all(dim=1)
-    first_diff = int((~same).nonzero()[0]) if not bool(same.all()) else n
-    return {"equal": bool(len(got) == len(want) and same.all()), "frames": [len(got), len(want)],
-            "frames_before_parting": first_diff,
-            "codes_equal": round(float((got[:n] == want[:n]).float().mean()), 4) if n else None}
-
-
-def logit_difference(got: torch.Tensor, want: torch.Tensor) -> dict:
-    """[T, 32, vocab] each: the largest difference, also relative to the largest logit there."""
-    diff = (got.float() - want.float()).abs().amax(-1)  # [T, 32]
-    scale = want.float().abs().amax(-1)
-    return {"max_abs": round(float(diff.max()), 6), "max_rel": round(float((diff / scale).max()), 6),
-            "greedy_choices_equal": round(float((got.argmax(-1) == want.argmax(-1)).float().mean()), 4)}
-
-
-def prompts(n: int) -> list:
-    tokenizer = load_tokenizer(OFFLINE_TOKENIZER)
-    return [build_prompt(tokenizer, [], i % 2, TEXTS[i % len(TEXTS)]) for i in range(n)]
-
-
-def engine_greedy_frames(plan: Plan, n: int, frames: int) -> list[torch.Tensor]:
-    """The engine's production path on plan.device, fp32: each request's greedy frames [f, 32]."""
-    engine = build(EngineConfig(model=plan.parity_preset, device=plan.device, dtype="float32", max_slots=n,
-                                watermark=False))
-    got: dict[str, list[torch.Tensor]] = {}
-    engine.add_frame_observer(lambda rid, codes: got.setdefault(rid, []).append(codes))
-    engine.start()
+def run_phase(name: str, plan: str, limit: float, work: Path, env: dict) -> dict:
+    result, tb = work / f"{name}.json", work / f"{name}.traceback"
+    cmd = [sys.executable, str(ROOT / "scripts" / "gpu_phases.py"), name, "--plan", plan, "--limit", f"{limit:.0f}",
+           "--result", str(result), "--traceback", str(tb)]
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)  # its own group: killed whole
     try:
-        if not engine.wait_ready(600):
-            raise RuntimeError("the engine did not get ready in 600 s")
-        streams = [engine.submit(SynthesisParams(text=TEXTS[i % len(TEXTS)], speaker=i % 2, temperature=0.0,
-                                                 seed=i, max_audio_ms=frames * FRAME_MS, request_id=f"parity-{i}"))
-                   for i in range(n)]
-        for s in streams:
-            finished = [ev for ev in s if isinstance(ev, Finished)][0]
-            if finished.error:
-                raise RuntimeError(finished.error)
-    finally:
-        engine.shutdown()
-    return [torch.stack(got[f"parity-{i}"]) for i in range(n)]
-
-
-def flex_model(preset: str, device: str, dtype: str):
-    model = load_model(preset, device, dtype).model
-    model.set_attention("flex")
-    model.setup_caches(1)
-    return model
-
-
-def phase_parity(plan: Plan) -> dict:
-    ps = prompts(plan.parity_requests)
-    got = engine_greedy_frames(plan, plan.parity_requests, plan.parity_frames)
-    model = flex_model(plan.parity_preset, plan.device, "float32")
-    reference = load_model(plan.parity_preset).model  # csm_core.generate's path on CPU: fp32, exact
-    reference.setup_caches(1)
-    reference.set_exact(True)
-    requests = []
-    for prompt, frames in zip(ps, got):
-        want = generate(reference, prompt, max_frames=plan.parity_frames, sampling=GREEDY).frames
-        entry = frames_agreement(frames, want)
-        entry["logits_along_cpu_frames"] = logit_difference(frame_logits(model, prompt, want),
-                                                            frame_logits(reference, prompt, want))
-        requests.append(entry)
-    return {"preset": plan.parity_preset, "what": f"engine on {plan.device} fp32 vs csm_core.generate on cpu fp32",
-            "requests_equal": sum(r["equal"] for r in requests), "requests": requests}
-
-
-def phase_precision(plan: Plan) -> dict:
-    fp32 = flex_model(plan.precision_preset, plan.device, "float32")
-    bf16 = flex_model(plan.precision_preset, plan.device, "bfloat16")
-    requests = []
-    for prompt in prompts(plan.precision_requests):
-        want = generate(fp32, prompt, max_frames=plan.precision_frames, sampling=GREEDY).frames
-        got = generate(bf16, prompt, max_frames=plan.precision_frames, sampling=GREEDY).frames
-        entry = frames_agreement(got, want)
-        entry["logits_along_fp32_frames"] = logit_difference(frame_logits(bf16, prompt, want),
-                                                             frame_logits(fp32, prompt, want))
-        requests.append(entry)
-    return {"preset": plan.precision_preset, "what": f"bf16 vs fp32 on {plan.device}, flex attention",
-            "requests": requests}
-
-
-def phase_sweep(plan: Plan, name: str) -> dict:
-    flags, main_list = SWEEP[name]
-    concurrency = plan.concurrency if main_list else plan.few_concurrency
-    quantize = flags[flags.index("--quantize") + 1]
-    if quantize == "float8":
-        from csm_core.quantize import check_quantize
-
-        try:
-            check_quantize("float8", resolve_device(plan.device), torch.bfloat16)
-        except ValueError as e:
-            return {"status": "refused", "reason": str(e)}
-    path = Path(tempfile.mkdtemp()) / f"bench-{name}.json"  # its report goes into gpu_check.json
-    argv = ["--preset", plan.sweep_preset, "--device", plan.device, "--dtype", plan.dtype, "--modes", "engine",
-            "--max-slots", str(plan.sweep_slots), "--concurrency", ",".join(map(str, concurrency)), "--waves", "1",
-            "--max-audio-ms", str(plan.audio_ms), "--json", str(path), "--quiet", *flags]
-    if bench.main(argv) != 0:
-        raise RuntimeError(f"csm-bench {' '.join(argv)} failed")
-    report = json.loads(path.read_text())
-    return {"argv": argv, "report": report}
-
-
-def environment(plan: Plan) -> dict:
-    env = {"python": platform.python_version(), "torch": torch.__version__, "device": plan.device}
+        proc.wait(timeout=limit + GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
     try:
-        import torchao
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever it left: compile workers, or itself past its limit
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    seconds = round(time.monotonic() - t0, 1)
+    if result.exists():
+        entry = json.loads(result.read_text())
+    else:
+        how = "its watchdog ended it" if proc.returncode == 1 else f"exit {proc.returncode}"
+        entry = {"status": "timed out" if seconds >= limit else "died",
+                 "error": f"no result after {seconds:.0f} s of its {limit:.0f} s limit ({how})"}
+    dump = tb.read_text() if tb.exists() else ""
+    if dump.strip():
+        entry["watchdog_tracebacks"] = dump[-12000:]
+        print(f"== {name}: tracebacks at its limit\n{dump}", flush=True)
+    entry.update(seconds=seconds, limit_s=limit)
+    return entry
 
-        env["torchao"] = torchao.__version__
-    except ImportError as e:
-        env["torchao"] = f"missing: {e}"
-    if plan.device == "cuda":
-        env["gpu"] = torch.cuda.get_device_name()
-        env["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-        env["cuda"] = torch.version.cuda
-    return env
+
+def _f(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _environment(result: dict) -> dict:
+    return next((p["environment"] for p in result["phases"].values() if "environment" in p), {})
+
+
+def _steps_lines(p: dict) -> list[str]:
+    r = p["result"]
+    peak = r["peak"]
+    lines = [f"steps: {r['preset']} {r['dtype']}, {r['max_slots']} slots, every row at {r['context']} keys, "
+             f"{r['iters']} steps per bucket timed with {r['timer']} (capture {r['capture_s']} s). Roofline: "
+             + (f"{peak['bytes_per_s'] / 1e12:g} TB/s, {peak['flops_per_s'] / 1e12:g} TFLOP/s ({peak['source']})"
+                if peak else "no peak known for this device"), "",
+             "| batch | ms/step | wall ms | GB/s | TFLOP/s | roofline ms | of roofline | bound | audio-s/s |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| {row['batch']} | {row['ms']:.3f} | {row['wall_ms']:.3f} | {row['gb_s']:.0f} | "
+                     f"{row['tflop_s']:.1f} | {_f(row.get('roofline_ms'), 3)} | {_f(row.get('of_roofline'), 2)} | "
+                     f"{row.get('bound', '-')} | {row['audio_s_per_s']:.0f} |")
+    return lines
+
+
+def _sweep_lines(phases: dict) -> list[str]:
+    lines = ["| config | N | wm | audio-s/s | per stream | TTFA p50 / p95 ms | worst gap ms | step ms |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in ("sweep-off", "sweep-on", "int8", "float8", "eager"):
+        p = phases.get(name, {})
+        if p.get("status") != "ok":
+            continue
+        for run in p["result"]["report"]["runs"]:
+            ttfa, gap = run["ttfa_ms"] or {}, run.get("chunk_gap_ms") or {}
+            rate = run["throughput_audio_s_per_s"]
+            lines.append(f"| {name} | {run['concurrency']} | {'on' if run['watermark'] else 'off'} | "
+                         f"{rate:.2f} | {rate / run['concurrency']:.2f}"
+                         f" | {_f(ttfa.get('p50'), 0)} / {_f(ttfa.get('p95'), 0)} | {_f(gap.get('max'), 0)} | "
+                         f"{_f(run.get('step_ms'))} |")
+    return lines
+
+
+def _agreement_line(name: str, p: dict) -> str:
+    r = p["result"]
+    key = "logits_along_cpu_frames" if name == "parity" else "logits_along_fp32_frames"
+    parts = [f"{q['frames_before_parting']}/{q['frames'][1]} frames before parting, codes {q['codes_equal']}; "
+             f"teacher-forced logits max rel {q[key]['max_rel']}, greedy choices {q[key]['greedy_choices_equal']}"
+             for q in r["requests"]]
+    return f"{name} ({r['what']}, {r['preset']}): " + "; ".join(parts)
 
 
 def summary(result: dict) -> str:
-    env = result["environment"]
-    lines = [f"# GPU check: {env.get('gpu', env['device'])} (torch {env['torch']}, torchao {env['torchao']})", "",
-             f"pytest tests/test_cuda.py: exit {result['pytest_rc']}", ""]
-    phases = result["phases"]
+    env, phases = _environment(result), result["phases"]
+    used = sum(p.get("seconds", 0) for p in phases.values())
+    lines = [f"# GPU check: {env.get('gpu', 'no GPU (' + result['plan'] + ')')}: torch {env.get('torch')}, "
+             f"torchao {env.get('torchao')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn')}; "
+             f"phases took {used:.0f} s of a {result['budget_s']:.0f} s budget", "",
+             "| phase | status | s | limit s | note |", "|---|---|---|---|---|"]
+    for name, p in phases.items():
+        note = p.get("error") or p.get("reason") or ""
+        if "watchdog_tracebacks" in p:
+            note += " (tracebacks in gpu_check.json and the log)"
+        lines.append(f"| {name} | {p['status']} | {_f(p.get('seconds'), 0)} | {_f(p.get('limit_s'), 0)} | "
+                     f"{note.splitlines()[0] if note else ''} |")
+    tests = phases.get("pytest", {}).get("result")
+    if tests:
+        lines += ["", f"pytest tests/test_cuda.py: {tests['passed']} passed, {tests['failed']} failed, "
+                      f"{tests['skipped']} skipped"] + [f"- FAILED {t}" for t in tests["failures"]]
+    if phases.get("steps", {}).get("status") == "ok":
+        lines += [""] + _steps_lines(phases["steps"])
+    lines += ["", "engine (csm-bench, one wave of N requests; per stream = audio-s/s / N, TTFA included; worst gap "
+                  "= the longest wait between two chunks of one stream):", ""] + _sweep_lines(phases)
     for name in ("parity", "precision"):
-        p = phases.get(name, {})
-        if p.get("status") != "ok":
-            lines.append(f"{name}: {p.get('status')} {p.get('error', p.get('reason', ''))}".rstrip())
-            continue
-        r = p["result"]
-        key = "logits_along_cpu_frames" if name == "parity" else "logits_along_fp32_frames"
-        parts = [f"{q['frames_before_parting']}/{q['frames'][1]} frames before parting, codes {q['codes_equal']}; "
-                 f"teacher-forced: logits max rel {q[key]['max_rel']}, greedy choices {q[key]['greedy_choices_equal']}"
-                 for q in r["requests"]]
-        lines.append(f"{name} ({r['what']}, {r['preset']}): " + "; ".join(parts))
-    lines += ["", "| config | N | wm | x real time | per stream | TTFA p50 / p95 ms | gap p95 ms | step ms | "
-                  "backbone / depth / Mimi wait ms |", "|---|---|---|---|---|---|---|---|---|"]
-    at_real_time = []
-    for name in SWEEP:
-        p = phases.get(f"sweep-{name}", {})
-        if p.get("status") != "ok":
-            lines.append(f"| {name} | {p.get('status')}: {p.get('error', p.get('reason', ''))} |||||||| ")
-            continue
-        best = {}
-        for run in p["result"]["report"]["runs"]:
-            per_stream = run["throughput_audio_s_per_s"] / run["concurrency"]
-            if per_stream >= 1.0:
-                best[run["watermark"]] = max(best.get(run["watermark"], 0), run["concurrency"])
-            ttfa, gap, bd = run["ttfa_ms"] or {}, run["gap_ms"] or {}, run["breakdown_ms"]
-            lines.append(f"| {name} | {run['concurrency']} | {'on' if run['watermark'] else 'off'} | "
-                         f"{run['throughput_audio_s_per_s']:.2f} | {per_stream:.2f} | "
-                         f"{ttfa.get('p50', math.nan):.0f} / {ttfa.get('p95', math.nan):.0f} | "
-                         f"{gap.get('p95', math.nan):.0f} | {run['step_ms']:.1f} | "
-                         f"{bd['backbone']:.1f} / {bd['depth']:.1f} / {bd['mimi']:.1f} |")
-        at_real_time += [f"{name} wm {'on' if wm else 'off'}: {n}" for wm, n in sorted(best.items())]
-    lines += ["", "per stream = x real time / N (each stream's audio per wall second, TTFA included). Most streams "
-                  "at >= 1.0 each, of those tried: " + (", ".join(at_real_time) or "none")]
+        if phases.get(name, {}).get("status") == "ok":
+            lines += ["", _agreement_line(name, phases[name])]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--cpu-dry-run", action="store_true", help="the same flow on CPU: tiny preset, tiny sweep")
-    ap.add_argument("--budget-s", type=float, default=420, help="seconds this script may take")
-    ap.add_argument("--pytest-rc", type=int, default=None, help="exit status of pytest tests/test_cuda.py")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="the same phases on CPU: tiny preset, tiny sweeps")
+    ap.add_argument("--budget-s", type=float, default=450, help="seconds this script may take")
     args = ap.parse_args(argv)
-    plan = DRY_RUN if args.cpu_dry_run else GPU
-    if plan.device == "cuda" and not torch.cuda.is_available():
-        ap.error("no CUDA device: run with --cpu-dry-run")
     deadline = time.monotonic() + args.budget_s
+    plan = "dry-run" if args.cpu_dry_run else "gpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"plan": asdict(plan), "environment": environment(plan), "pytest_rc": args.pytest_rc, "phases": {}}
-    # the most telling first: what runs last is what a short budget skips
-    jobs = [("parity", lambda: phase_parity(plan)), ("sweep-graphs", lambda: phase_sweep(plan, "graphs")),
-            ("precision", lambda: phase_precision(plan))]
-    jobs += [(f"sweep-{name}", lambda name=name: phase_sweep(plan, name)) for name in SWEEP if name != "graphs"]
-    for name, job in jobs:
-        left = deadline - time.monotonic()
-        if left < plan.phase_s[name.removeprefix("sweep-")]:
-            result["phases"][name] = {"status": "skipped", "reason": f"{left:.0f} s left of the budget"}
+    work = Path(tempfile.mkdtemp(prefix="csm-gpu-check-"))
+    cache = Path(os.environ.get("CSM_GPU_CHECK_CACHE", work / "compile-cache"))
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache / "inductor"), "TRITON_CACHE_DIR": str(cache / "triton"),
+           "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
+    result = {"plan": plan, "budget_s": args.budget_s, "compile_cache": str(cache), "phases": {}}
+    for name, limit in limits(args.cpu_dry_run).items():
+        left = deadline - time.monotonic() - RESERVE_S - GRACE_S
+        if args.cpu_dry_run and name in REFUSED_ON_CPU:
+            result["phases"][name] = {"status": "refused", "reason": REFUSED_ON_CPU[name]}
+        elif left < min(MIN_S, limit):
+            result["phases"][name] = {"status": "skipped", "reason": f"{max(left, 0):.0f} s left of the budget"}
         else:
-            print(f"gpu_check: {name} ({left:.0f} s left)", file=sys.stderr, flush=True)
-            t0 = time.monotonic()
-            try:
-                out = job()
-                entry = out if out.get("status") == "refused" else {"status": "ok", "result": out}
-            except Exception as e:  # one phase's failure must not cost the others their run
-                entry = {"status": "failed", "error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()}
-            entry["seconds"] = round(time.monotonic() - t0, 1)
-            result["phases"][name] = entry
-        gc.collect()
-        if plan.device == "cuda":
-            torch.cuda.empty_cache()
-        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2))
+            limit = min(limit, left)
+            budget_left = deadline - time.monotonic()
+            print(f"== {name} (limit {limit:.0f} s, {budget_left:.0f} s of the budget left)", flush=True)
+            result["phases"][name] = entry = run_phase(name, plan, limit, work, env)
+            print(f"== {name}: {entry['status']} in {entry['seconds']:.0f} s", flush=True)
+        (args.out / "gpu_check.json").write_text(json.dumps(result, indent=2, default=str))
         (args.out / "gpu_check.md").write_text(summary(result))
-    print(summary(result))
-    failed = [n for n, p in result["phases"].items() if p["status"] == "failed"]
-    return 1 if failed or args.pytest_rc else 0
+    print(summary(result), flush=True)
+    return 1 if any(p["status"] in ("failed", "timed out", "died") for p in result["phases"].values()) else 0
 
 
 if __name__ == "__main__":
