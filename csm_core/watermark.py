@@ -203,7 +203,10 @@ def _encode_rows(model: Model, y: torch.Tensor, message: torch.Tensor) -> torch.
     carrier, carrier_phase = carrier[:, None], carrier_phase[:, None]
     carrier_enc = _rowwise(model.enc_c.main, carrier)
     msg_enc = message.expand(y.shape[0], -1, -1, -1)
-    merged = torch.cat((carrier_enc, carrier.repeat(1, 32, 1, 1), msg_enc.repeat(1, 32, 1, 1)), dim=1)
+    # silentcipher feeds the carrier decoder [carrier_enc, 32 copies of the carrier, 32 of the
+    # message]: its first convolutions are linear, so the copies are folded into their weights
+    # (_rowwise): 34 input channels instead of 96, the same sums in another order.
+    merged = torch.cat((carrier_enc, carrier, msg_enc), dim=1)  # [B, 34, F, T]
     message_info = _carrier_decoder(model.dec_c, merged, MESSAGE_SDR_DB)
     if config.frame_level_normalization:
         message_info = message_info * (torch.mean(carrier**2, dim=2, keepdim=True) ** 0.5)
@@ -228,7 +231,7 @@ def _encode_rows(model: Model, y: torch.Tensor, message: torch.Tensor) -> torch.
 
 def _carrier_decoder(decoder: torch.nn.Module, x: torch.Tensor, message_sdr: float) -> torch.Tensor:
     """silentcipher's CarrierDecoder.forward, rows independent."""
-    h = _rowwise(decoder.main, x)
+    h = _rowwise(decoder.main, x, fold_first=True)
     if decoder.config.ensure_negative_message:
         h = torch.abs(h)
     h[:, :, decoder.message_band_size :, :] = 0
@@ -237,22 +240,35 @@ def _carrier_decoder(decoder: torch.nn.Module, x: torch.Tensor, message_sdr: flo
     return h
 
 
-def _rowwise(layers: torch.nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+def _rowwise(layers: torch.nn.Sequential, x: torch.Tensor, fold_first: bool = False) -> torch.Tensor:
     """`layers(x)` with each row normalised as if it were alone: a BatchNorm in training mode
     uses the statistics of its batch, which for a batch of one are the row's own (an instance
     norm, same affine weights and eps). Its running statistics are left alone: in training mode
-    they do not affect the output."""
-    for layer in layers:
+    they do not affect the output. `fold_first`: x holds the carrier decoder's input with its
+    two blocks of 32 identical channels given once each, and the first layer sums its weights
+    over each block."""
+    for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
             x = layer(x)  # Dropout(0)
             continue
-        z = layer.conv(x) * torch.sigmoid(layer.gate(x))
+        if fold_first and i == 0:
+            z = _folded(layer.conv, x) * torch.sigmoid(_folded(layer.gate, x))
+        else:
+            z = layer.conv(x) * torch.sigmoid(layer.gate(x))
         bn = layer.bn
         if bn.training or bn.running_mean is None:
             x = F.instance_norm(z, weight=bn.weight, bias=bn.bias, eps=bn.eps)
         else:
             x = bn(z)
     return x
+
+
+def _folded(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """conv over [x[:, :-2], 32 copies of x[:, -2], 32 copies of x[:, -1]]."""
+    w = conv.weight  # [out, own + 64, k, k]
+    own = w.shape[1] - 64
+    weight = torch.cat((w[:, :own], w[:, own : own + 32].sum(1, keepdim=True), w[:, own + 32 :].sum(1, keepdim=True)), 1)
+    return F.conv2d(x, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class _UnloadedModel(Model):

@@ -75,10 +75,12 @@ class _GatedMarker:
     def __init__(self):
         self.calls: list[int] = []
         self.gate = threading.Event()
+        self.entered = threading.Event()
 
     def apply_batch(self, pcms):
         self.calls.append(len(pcms))
         if len(self.calls) == 1:
+            self.entered.set()
             self.gate.wait(10)
         if any(bool((p == self.BAD).any()) for p in pcms):
             raise RuntimeError("injected watermark failure")
@@ -105,6 +107,7 @@ def test_ready_chunks_of_all_streams_are_watermarked_in_one_call_and_a_failure_s
         values = {0: [1, 2, 3], 1: [10, 11, 12, 13, 14], 2: [20, _GatedMarker.BAD], 3: [30, 31]}
         # Stream 0's first chunk starts the first call, which waits: the rest is queued meanwhile.
         stage.frames(PcmFrames(streams[0], torch.cat([_frame(1), _frame(2)]), 2))
+        assert marker.entered.wait(10)
         for sid in (1, 2, 3):
             for v in values[sid]:
                 stage.frames(PcmFrames(streams[sid], _frame(v), 1))
