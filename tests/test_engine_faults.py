@@ -119,12 +119,15 @@ class FakeCodec:
 
 
 class FakeWatermarker:
-    """Adds nothing; fails on audio made from BAD_OUTPUT_CODE."""
+    """Adds nothing; a call fails when any of its audio is made from BAD_OUTPUT_CODE."""
 
     def apply(self, pcm: torch.Tensor) -> torch.Tensor:
-        if bool((pcm * 2048).round().eq(BAD_OUTPUT_CODE).any()):
+        return self.apply_batch([pcm])[0]
+
+    def apply_batch(self, pcms: list[torch.Tensor]) -> list[torch.Tensor]:
+        if any(bool((pcm * 2048).round().eq(BAD_OUTPUT_CODE).any()) for pcm in pcms):
             raise RuntimeError("injected watermark failure")
-        return pcm.clone()
+        return [pcm.clone() for pcm in pcms]
 
     def replica(self) -> FakeWatermarker:
         return FakeWatermarker()
@@ -275,7 +278,7 @@ PIPELINE_BUGS = {
     "prep": ("_prep", "_prepare", good(301, frames=4)),  # prepares it
     "mimi decode": ("_mimi", "_gather", good(302, frames=4)),  # its first Mimi call
     "mimi stream end": ("_mimi", "_end", good(303, frames=2)),  # it ends by length: its end is on its way
-    "output": ("_output", "_on_frames", good(304, frames=4)),  # its first decoded frames
+    "output": ("_output", "_cut_frames", good(304, frames=4)),  # its first decoded frames
 }
 
 

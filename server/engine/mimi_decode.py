@@ -13,10 +13,17 @@ call, and its row's state is reset just before. Backpressure is the paced credit
 server/engine/pacing.py, and only those: `decode` takes one, a call gives its steps' back.
 If this thread stops on an error, the credits fail, so the engine thread never waits for a
 call that will not come, and the engine stops (server/engine/threads.py).
+
+On CUDA the calls run on a CUDA stream of their own, so Mimi kernels overlap the model's: a call
+first waits (on the GPU, no host sync) for what the default stream has queued (the steps' codes,
+the decoder's state set-up), and its one host sync is its own stream's, when the audio is copied
+out. moshi's exec-mask CUDA graphs are captured when the stream decoder is built
+(csm_core/mimi.py), on the building thread, before this thread starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -47,6 +54,7 @@ class MimiDecoder:
         self.max_frames_per_call = max_frames_per_call
         self._stream = codec.stream_decoder(num_rows)
         self._device = codec.device
+        self._cuda_stream = torch.cuda.Stream(self._device) if self._device.type == "cuda" else None
         self._queue: queue.SimpleQueue[MimiStep | StreamEnd | Barrier | Stop] = queue.SimpleQueue()
         # A call's worth of steps may wait: when Mimi is the bottleneck the next full call is
         # queued by the time one is decoded, and the engine refills the queue step by step.
@@ -145,12 +153,10 @@ class MimiDecoder:
         fails the streams in it, as a failure of the batched model step does."""
         t0 = time.perf_counter()
         n = len(steps)
-        # Rows of streams that end inside the call decode padding (zeros) after their last
-        # frame: that output is dropped, and the row is reset before it is used again.
-        batch = torch.zeros(self.num_rows, NUM_CODEBOOKS, n, dtype=torch.long, device=self._device)  # [rows, 32, T]
-        active = torch.zeros(self.num_rows, dtype=torch.bool, device=self._device)
         bad: dict[int, str] = {}  # stream id -> what is wrong with its codes
-        for t, step in enumerate(steps):
+        per_step: list[tuple[list[int], list[torch.Tensor]]] = []  # rows and codes of each step
+        for step in steps:
+            rows, codes = [], []
             for row in step.rows:
                 if row.stream.id in self._failed:
                     continue
@@ -158,8 +164,9 @@ class MimiDecoder:
                 if problem is not None:
                     bad.setdefault(row.stream.id, f"audio decoding failed: {problem}")
                     continue
-                batch[row.stream.row, :, t] = row.codes.clamp(max=MIMI_CODEBOOK_SIZE - 1)
-                active[row.stream.row] = True
+                rows.append(row.stream.row)
+                codes.append(row.codes)
+            per_step.append((rows, codes))
         for sid, error in bad.items():
             self._fail((sid,), error)
         rows = [row for row in steps[0].rows if row.stream.id not in self._failed]
@@ -168,10 +175,12 @@ class MimiDecoder:
         self.calls += 1
         self.frames += n
         try:
-            starting = [row.stream.row for row in rows if row.first]
-            if starting:
-                self._stream.reset(starting)
-            pcm = self._stream.decode(batch, active).float().cpu()  # [rows, T * 1920]
+            with self._on_stream():
+                batch, active = self._batch(per_step)
+                starting = [row.stream.row for row in rows if row.first]
+                if starting:
+                    self._stream.reset(starting)
+                pcm = self._stream.decode(batch, active).float().cpu()  # [rows, T * 1920]
         except Exception as e:
             log.exception("Mimi decode failed")
             self._fail(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}")
@@ -182,6 +191,26 @@ class MimiDecoder:
         for row in rows:  # every stream of the call is in its first step; its frames come first
             frames = made[row.stream.id]
             self.output.frames(PcmFrames(row.stream, pcm[row.stream.row, : frames * FRAME_SAMPLES], frames))
+
+    def _on_stream(self):
+        """The call's CUDA stream (after the default stream's queued work), or nothing on CPU."""
+        if self._cuda_stream is None:
+            return contextlib.nullcontext()
+        self._cuda_stream.wait_stream(torch.cuda.default_stream(self._device))
+        return torch.cuda.stream(self._cuda_stream)
+
+    def _batch(self, per_step: list[tuple[list[int], list[torch.Tensor]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The call's codes [rows, 32, T] and which rows advance [rows]: one copy per step.
+        Rows of streams that end inside the call decode padding (zeros) after their last frame:
+        that output is dropped, and the row is reset before it is used again."""
+        batch = torch.zeros(self.num_rows, NUM_CODEBOOKS, len(per_step), dtype=torch.long, device=self._device)
+        active = torch.zeros(self.num_rows, dtype=torch.bool, device=self._device)
+        for t, (rows, codes) in enumerate(per_step):
+            if rows:
+                index = torch.tensor(rows, device=self._device)
+                batch[index, :, t] = torch.stack(codes).to(self._device, torch.long).clamp(max=MIMI_CODEBOOK_SIZE - 1)
+                active[index] = True
+        return batch, active
 
 
 def _frame_problem(codes: torch.Tensor) -> str | None:
