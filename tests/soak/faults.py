@@ -74,6 +74,10 @@ class FaultyWatermarker:
         self._plan.maybe_fail("watermark")
         return self._watermarker.apply(pcm)
 
+    def apply_batch(self, pcms):
+        self._plan.maybe_fail("watermark")
+        return self._watermarker.apply_batch(pcms)
+
     def replica(self):
         return FaultyWatermarker(self._watermarker.replica(), self._plan)
 

@@ -7,7 +7,9 @@ It holds: no stream hangs, no slot or queued request is left behind, the server'
 call counts equal what the clients saw (but for a client's cancel that crossed the server's
 final status on the wire: counted under the status the server sent), and memory stays flat:
 RSS grows < 5% from the 200th request to the last (each the mean over 100 requests).
-CSM_SOAK_REQUESTS sets the count (default 1000); docs/reliability.md has the figures."""
+The run ends after CSM_SOAK_REQUESTS requests (default 1000) or once CSM_SOAK_SECONDS have passed
+(default 480; the watermark bounds the pace, ~3x apart between this workplace's CPUs), but never
+before MIN_REQUESTS; docs/reliability.md has the figures."""
 
 from __future__ import annotations
 
@@ -34,6 +36,8 @@ from e2e.harness import LoopbackServer, wait_for
 from .faults import FaultPlan, FaultyCodec, FaultyEncoder, FaultyWatermarker, faulty_prefill
 
 REQUESTS = int(os.environ.get("CSM_SOAK_REQUESTS", "1000"))
+SECONDS = float(os.environ.get("CSM_SOAK_SECONDS", "480"))
+MIN_REQUESTS = min(REQUESTS, 400)  # RSS is compared from RSS_MARK on, over 100-request means
 CONCURRENCY = 12
 RSS_MARK = 200  # memory is compared from this request on (allocators and caches warm by then)
 HANG_S = 120.0  # a call still open after this long is a hung stream
@@ -84,12 +88,19 @@ def plan_request(i: int) -> tuple[str, pb.SynthesizeRequest, float]:
     return kind, request, deadline
 
 
-async def run_clients(target: str, n: int, on_done) -> tuple[Counter, list[str]]:
-    """Serves n requests, CONCURRENCY at a time; returns the status codes the clients saw and
-    the ids of calls that did not end in time (hung)."""
+async def run_clients(target: str, n: int, on_done) -> tuple[Counter, list[str], int]:
+    """Serves up to n requests, CONCURRENCY at a time, issuing no new one after SECONDS once
+    MIN_REQUESTS were issued; returns the status codes the clients saw, the ids of calls that
+    did not end in time (hung) and how many requests were issued."""
     seen: Counter = Counter()
     hung: list[str] = []
-    next_index = iter(range(n))
+    t0 = time.monotonic()
+    issued = [0]
+
+    def next_index():
+        while issued[0] < n and (issued[0] < MIN_REQUESTS or time.monotonic() - t0 < SECONDS):
+            issued[0] += 1
+            yield issued[0] - 1
     async with grpc.aio.insecure_channel(target) as channel:
         stub = speech_pb2_grpc.SpeechStub(channel)
 
@@ -105,8 +116,10 @@ async def run_clients(target: str, n: int, on_done) -> tuple[Counter, list[str]]
                 pass
             seen[(await call.code()).name] += 1
 
+        indices = next_index()
+
         async def worker() -> None:
-            for i in next_index:
+            for i in indices:
                 try:
                     await asyncio.wait_for(one(i), HANG_S)
                 except asyncio.TimeoutError:
@@ -114,9 +127,10 @@ async def run_clients(target: str, n: int, on_done) -> tuple[Counter, list[str]]
                 on_done()
 
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return seen, hung
+    return seen, hung, issued[0]
 
 
+@pytest.mark.timeout(1800)  # at least MIN_REQUESTS, however slow the machine
 def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
     server, engine, plan = soak_server
     before = server.metrics()
@@ -134,7 +148,7 @@ def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     t0 = time.monotonic()
-    seen, hung = asyncio.run(run_clients(server.target, REQUESTS, on_done))
+    seen, hung, requests = asyncio.run(run_clients(server.target, REQUESTS, on_done))
     wall = time.monotonic() - t0
     sampling.set()
     sampler.join()
@@ -142,11 +156,11 @@ def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
     # would land anywhere in the heap trimmer's cycle (server/heap.py).
     window = min(50, RSS_MARK // 2)
     rss = {"mark": np.mean([r for n, r in samples if abs(n - RSS_MARK) < window]),
-           "end": np.mean([r for n, r in samples if n >= REQUESTS - 2 * window])}
+           "end": np.mean([r for n, r in samples if n >= requests - 2 * window])}
 
     assert not hung, f"{len(hung)} streams hung: {hung[:5]}"
-    assert sum(seen.values()) == REQUESTS
-    assert seen["CANCELLED"] >= REQUESTS // 10 and seen["DEADLINE_EXCEEDED"] >= REQUESTS // 20, seen
+    assert sum(seen.values()) == requests
+    assert seen["CANCELLED"] >= requests // 10 and seen["DEADLINE_EXCEEDED"] >= requests // 20, seen
     assert seen["INTERNAL"] > 0 and set(seen) <= {"OK", "CANCELLED", "DEADLINE_EXCEEDED", "INTERNAL"}, seen
     assert all(plan.injected[stage] > 0 for stage in RATES), plan.injected
 
@@ -159,7 +173,7 @@ def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
                 out[code] += int(value - before.get(key, 0.0))
         return +out
 
-    wait_for(lambda: sum(counted().values()) == REQUESTS, timeout=30, what=f"the server to count every call ({counted()})")
+    wait_for(lambda: sum(counted().values()) == requests, timeout=30, what=f"the server to count every call ({counted()})")
     server_saw = counted()
     # A client's cancel and the server's final status can cross on the wire: the server ended the
     # call (a fault: INTERNAL; rarely, the last chunk: OK) while the client, already holding its
@@ -174,7 +188,7 @@ def test_soak_with_cancels_deadlines_and_faults_in_every_stage(soak_server):
     wait_for(lambda: (engine.stats().slots_in_use, engine.stats().requests_waiting) == (0, 0), timeout=30,
              what=f"no slot or queued request left (stats {engine.stats()})")
     growth = (rss["end"] - rss["mark"]) / rss["mark"]
-    print(f"\nsoak: {REQUESTS} requests in {wall:.0f} s, clients saw {dict(seen)} ({crossed} of the cancels crossed "
+    print(f"\nsoak: {requests} requests in {wall:.0f} s, clients saw {dict(seen)} ({crossed} of the cancels crossed "
           f"the server's final status), faults injected "
           f"{dict(plan.injected)}, RSS {rss['mark'] / 2**20:.0f} -> {rss['end'] / 2**20:.0f} MiB ({growth:+.1%})")
     assert growth < 0.05, f"RSS grew {growth:.1%} between request {RSS_MARK} and the last"
