@@ -3,7 +3,7 @@
 # programs the end-to-end tests check the server with:
 #   bin/helm, bin/kubeconform     built with `go install` from the Go module proxy
 #   bin/grpcurl, bin/ghz           the same way (standard gRPC tools, used through reflection)
-#   ffmpeg, opusinfo               Debian packages (independent decoders of the output audio),
+#   ffmpeg, opusinfo, flac         Debian packages (independent decoders of the output audio),
 #                                  installed with apt-get when missing and running as root
 #   schemas/k8s/v<X>-local-strict  Kubernetes JSON schemas (kubernetes-validate wheel, PyPI)
 #   schemas/crds/<group>/...       ServiceMonitor, GRPCRoute and HTTPRoute schemas, converted from the
@@ -111,17 +111,17 @@ install_grpc_tools() {
   fi
 }
 
-# ffmpeg (ffmpeg, ffprobe) and opus-tools (opusinfo) from the distribution, not from the
+# ffmpeg (ffmpeg, ffprobe), opus-tools (opusinfo) and flac (flac, metaflac) from the distribution, not from the
 # Python wheels the server encodes with: the tests want a decoder independent of the encoder.
 install_audio_tools() {
   command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null && command -v opusinfo >/dev/null &&
-    command -v jq >/dev/null && return
+    command -v flac >/dev/null && command -v metaflac >/dev/null && command -v jq >/dev/null && return
   if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    echo "install_tools: ffmpeg, opusinfo or jq is missing; install them (Debian: apt-get install ffmpeg opus-tools jq)" >&2
+    echo "install_tools: ffmpeg, opusinfo, flac or jq is missing; install them (Debian: apt-get install ffmpeg opus-tools flac jq)" >&2
     return
   fi
   DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg opus-tools jq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends ffmpeg opus-tools flac jq >/dev/null
 }
 
 install_core_schemas() {
