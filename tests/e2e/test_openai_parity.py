@@ -10,10 +10,10 @@ import json
 import shutil
 import struct
 import subprocess
-import urllib.error
-import urllib.request
+import urllib.parse
 import wave
 from contextlib import contextmanager
+from http.client import HTTPConnection
 
 import numpy as np
 import openai
@@ -46,13 +46,20 @@ def sdk(server, api_key: str = "none") -> OpenAI:
 
 
 def http(method: str, url: str, body: bytes = b"", headers: dict | None = None) -> tuple[int, dict, bytes]:
-    """Status, headers (lower-case names) and body of a plain HTTP request (urllib)."""
-    request = urllib.request.Request(url, data=body or None, method=method, headers=headers or {})
+    """Status, headers (lower-case names) and body of a plain HTTP request (http.client). A server
+    may answer before it has read the whole body (413) and close: the pipe breaks under the
+    sender, and the answer is read all the same."""
+    parts = urllib.parse.urlsplit(url)
+    connection = HTTPConnection(parts.hostname, parts.port, timeout=60)
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, {k.lower(): v for k, v in response.headers.items()}, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, {k.lower(): v for k, v in error.headers.items()}, error.read()
+        try:
+            connection.request(method, parts.path or "/", body=body or None, headers=headers or {})
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the answer, if the server sent one, is still in the socket
+        response = connection.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        connection.close()
 
 
 def generated_samples(client: OpenAI, fmt: str) -> int:

@@ -41,7 +41,7 @@ MIN_REQUESTS = min(REQUESTS, 400)  # RSS is compared from RSS_MARK on, over 100-
 CONCURRENCY = 12
 RSS_MARK = 200  # memory is compared from this request on (allocators and caches warm by then)
 HANG_S = 120.0  # a call still open after this long is a hung stream
-RATES = {"prep": 0.2, "model step": 0.01, "mimi": 0.004, "watermark": 0.01, "encoder": 0.003}
+RATES = {"prep": 0.2, "model step": 0.01, "mimi": 0.004, "watermark": 0.05, "encoder": 0.003}  # watermark: per batched call
 
 
 def rss_bytes() -> int:
