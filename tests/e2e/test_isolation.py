@@ -257,7 +257,10 @@ def test_slow_readers_hold_bounded_memory_and_do_not_slow_the_others(flow_server
         # the transport's window fills first (a few seconds of audio), then the server's buffer
         wait_for(lambda: engine.stats().requests_paused == 6, timeout=90, what="the slow readers to be paused")
         time.sleep(1.0)  # the frames made while all seven decoded are delivered
-        n_paused = len(fast_gaps)  # from here on the slow readers mostly wait, paused, for their clients
+        # From here on the slow readers mostly wait, paused, for their clients. The gap in flight
+        # now may still hold frames made while all seven decoded (on a slow CPU that backlog
+        # outlasts the second above: 0.78 s in one full-suite run): it is left out.
+        n_paused = len(fast_gaps) + 1
         deadline = time.monotonic() + 2.5  # (shorter than the 3 s after which a paused reader is ended)
         while time.monotonic() < deadline:
             paused_seen.append(engine.stats().requests_paused)
