@@ -136,37 +136,43 @@ class MimiStreamDecoder:
             module.reset_streaming(mask)
 
     @torch.no_grad()
-    def decode(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, active: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """Codes [B, 32, T] -> waves [B, T * 1920]. Only rows where `active` [B] is True advance;
-        the state of the others is left exactly as it was and their output is meaningless."""
+        the state of the others is left exactly as it was and their output is meaningless.
+
+        rows: run only the first `rows` rows (every active row must be among them; the caller
+        knows them on the host). None: up to the last active row, found with a host sync on
+        CUDA; slots are handed out lowest first, so the live rows are (nearly) a prefix."""
         _check_codes(codes)
         if codes.shape[0] != self.batch_size or active.shape != (self.batch_size,):
             raise ValueError(
                 f"expected codes [{self.batch_size}, {NUM_CODEBOOKS}, T] and active [{self.batch_size}], "
                 f"got {tuple(codes.shape)} and {tuple(active.shape)}"
             )
-        rows = self.batch_size
-        if self._device.type == "cpu":  # only rows up to the last active one run (see _narrowed)
+        if rows is None:
             rows = int(active.nonzero().max()) + 1 if bool(active.any()) else 1
-        active = active.to(self._device, torch.bool)[:rows]
+        if not 1 <= rows <= self.batch_size:
+            raise ValueError(f"rows must be in 1..{self.batch_size}, got {rows}")
+        active = active.to(self._device, torch.bool)
+        # The mask is set on the full state first: on CUDA moshi replays a graph captured on it.
+        for module in self._streaming:
+            module.set_exec_mask(active)
         with self._narrowed(rows):
-            for module in self._streaming:
-                module.set_exec_mask(active)
             saved = self._save_ring_slots(codes.shape[-1])
             wave = self._model.decode(codes[:rows].to(self._device))[:, 0]  # [rows, T * 1920]
-            self._restore_ring_slots(saved, active)
+            self._restore_ring_slots(saved, active[:rows])
         if rows < self.batch_size:
             wave = torch.cat([wave, wave.new_zeros(self.batch_size - rows, wave.shape[1])])
         return wave
 
     @contextlib.contextmanager
     def _narrowed(self, rows: int):
-        """Run on the first `rows` rows only: a lone stream in slot 0 of an 8-slot engine then
-        pays for one row, not eight. Every streaming state tensor (batch first; the ring KV
+        """Run on the first `rows` rows only: a lone stream in slot 0 of a 256-slot engine then
+        pays for one row, not 256. Every streaming state tensor (batch first; the ring KV
         caches' [2, B, ...]) is swapped for a view of its first rows for the call; moshi updates
         its states in place (that is how it honours exec masks), so the writes land in the
-        full tensors, which are put back afterwards. CPU only: on CUDA moshi graphs the
-        exec-mask update for the full batch."""
+        full tensors, which are put back afterwards. The exec masks are views too, of what
+        was set on the full state (on CUDA by moshi's captured graph)."""
         if rows == self.batch_size:
             yield
             return

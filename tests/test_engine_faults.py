@@ -94,7 +94,7 @@ class FakeStreamDecoder:
     def reset(self, rows: list[int]) -> None:
         pass
 
-    def decode(self, codes: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor, active: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         if self.fail_on & set(codes[active][:, 0].flatten().tolist()):
             raise RuntimeError("injected Mimi failure")
         return codes[:, 0, :].float().div(2048).repeat_interleave(FRAME_SAMPLES, dim=1)  # [slots, T * 1920]

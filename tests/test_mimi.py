@@ -205,9 +205,11 @@ def test_stream_decoder_uses_gemm_conv_transpose_and_keeps_codec_modules(codec: 
     decoder.close()
 
 
-def test_stream_decoder_runs_only_rows_up_to_the_last_active_one(codec: MimiCodec) -> None:
+@pytest.mark.parametrize("bound", ["found", "given"])
+def test_stream_decoder_runs_only_rows_up_to_the_last_active_one(codec: MimiCodec, bound: str) -> None:
     """Calls whose active rows end early run on a narrowed view of the streaming state; rows
-    that join later and rows that sat out continue exactly where they were."""
+    that join later and rows that sat out continue exactly where they were. The bound is found
+    from the mask, or given by the caller (the engine knows its rows on the host)."""
     codes = {row: _codes(20 + row, 6) for row in range(3)}
     # per call: which rows are active (row 2 starts late; row 1 sits out the middle calls)
     plan = [(0, 1), (0,), (0, 2), (0, 1, 2), (0,), (1, 2)]
@@ -220,7 +222,7 @@ def test_stream_decoder_runs_only_rows_up_to_the_last_active_one(codec: MimiCode
         for row in active_rows:
             batch[row] = codes[row][0, :, used[row] : used[row] + 1]
             active[row] = True
-        wave = decoder.decode(batch, active)
+        wave = decoder.decode(batch, active, max(active_rows) + 1 if bound == "given" else None)
         assert wave.shape == (3, FRAME_SAMPLES)
         for row in active_rows:
             got[row].append(wave[row])

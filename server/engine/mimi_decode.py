@@ -180,7 +180,8 @@ class MimiDecoder:
                 starting = [row.stream.row for row in rows if row.first]
                 if starting:
                     self._stream.reset(starting)
-                pcm = self._stream.decode(batch, active).float().cpu()  # [rows, T * 1920]
+                live = max(row.stream.row for row in rows) + 1  # rows past the last live one do not run
+                pcm = self._stream.decode(batch, active, live).float().cpu()  # [rows, T * 1920]
         except Exception as e:
             log.exception("Mimi decode failed")
             self._fail(tuple(row.stream.id for row in rows), f"audio decoding failed: {e}")

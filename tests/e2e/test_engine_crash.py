@@ -69,10 +69,10 @@ class CrashingDecoder:
     def __getattr__(self, name):
         return getattr(self._decoder, name)
 
-    def decode(self, codes, active):
+    def decode(self, codes, active, rows=None):
         if self._crash.is_set():
             raise EngineBug("injected Mimi-thread bug")
-        return self._decoder.decode(codes, active)
+        return self._decoder.decode(codes, active, rows)
 
 
 def health(target: str) -> int:

@@ -56,9 +56,9 @@ class FaultyStreamDecoder:
     def reset(self, rows):
         self._decoder.reset(rows)
 
-    def decode(self, codes, active):
+    def decode(self, codes, active, rows=None):
         self._plan.maybe_fail("mimi")
-        return self._decoder.decode(codes, active)
+        return self._decoder.decode(codes, active, rows)
 
     def close(self):
         self._decoder.close()
