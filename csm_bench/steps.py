@@ -50,7 +50,7 @@ def time_steps(preset: str, device: str, dtype: str, max_slots: int, context: in
         slots, positions = list(range(b)), [context - 1] * b  # each row sees `context` keys
         frames = torch.zeros(b, NUM_CODEBOOKS, dtype=torch.long, device=dev)
         sampling = [SAMPLING] * b
-        noise = [torch.ones(NUM_CODEBOOKS, SAMPLING.effective_top_k, device=dev)] * b
+        noise = torch.ones(b, NUM_CODEBOOKS, SAMPLING.effective_top_k, device=dev)
 
         def one() -> None:
             h = step.backbone(slots, frames, positions)

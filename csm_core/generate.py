@@ -13,7 +13,7 @@ import torch
 from csm_core.framing import Prompt
 from csm_core.frame import sample_frames
 from csm_core.model import CSMModel
-from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import BatchSampler, SamplingParams, frame_noise, seed_key
 
 DEFAULT_PREFILL_CHUNK = 64  # prompt positions per prefill call; the engine uses the same boundaries
 
@@ -55,7 +55,7 @@ def generate(
 ) -> GenerationResult:
     check_fits(model, len(prompt), max_frames)
     dev = model.audio_head.device
-    gen = make_generator(seed, dev)
+    key = torch.tensor([seed_key(seed)], device=dev)
     sampler = BatchSampler([sampling], dev)
     n = len(prompt)
     for start in range(0, n, prefill_chunk):
@@ -64,7 +64,7 @@ def generate(
     frames: list[torch.Tensor] = []
     reason = "length"
     for i in range(max_frames):
-        noise = draw_frame_noise(gen, dev, sampling.effective_top_k).unsqueeze(0)  # [1, 32, k]
+        noise = frame_noise(key, torch.tensor([i], device=dev), sampling.effective_top_k)  # [1, 32, k]
         codes = sample_frames(model, h, sampler, noise)  # [1, 32]
         if not codes.any():
             reason = "eos"

@@ -1,12 +1,17 @@
 """Per-request top-k / temperature sampling that does not depend on the batch.
 
-Each request owns a `torch.Generator`. At the start of every frame it draws Exponential(1)
-noise for all 32 codebooks, `top_k` values each ([32, top_k]). Codebook i samples the
-exponential race among the top-k codes: argmax_j(logit_j / T - log(noise_j)), which picks code
-j with probability softmax(logits / T)_j over the top k (the original generator's
-`argmax(probs / q)` in log space). Only max/argmax reduce across the vocabulary, and those are
-exact, so a row's result does not depend on which rows share the batch; rows never share random
-draws, so a seeded request yields the same frames alone or among others.
+Each request has a seed. For its frame number n it draws Exponential(1) noise for all 32
+codebooks, `top_k` values each ([32, top_k]). Codebook i samples the exponential race among the
+top-k codes: argmax_j(logit_j / T - log(noise_j)), which picks code j with probability
+softmax(logits / T)_j over the top k (the original generator's `argmax(probs / q)` in log space).
+Only max/argmax reduce across the vocabulary, and those are exact, so a row's result does not
+depend on which rows share the batch.
+
+The noise is counter-based (`frame_noise`): value (codebook i, column j) of frame n of seed s is a
+hash of (s, n, i, j) (splitmix64's finaliser), so every row of a step draws its noise in one set
+of kernels whatever the batch, rows never share draws, a column's value does not depend on how
+many columns are drawn, and a seeded request yields the same frames alone or among others, on
+any device, before and after preemption (its state is just its seed and frame number).
 """
 
 from __future__ import annotations
@@ -38,15 +43,47 @@ class SamplingParams:
         return 1 if self.greedy else self.top_k
 
 
-def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
-    g = torch.Generator(device=device)
-    g.manual_seed(seed)
-    return g
+_NOISE_STRIDE = 4096  # the counter's column stride: more columns than any top-k (AUDIO_VOCAB_SIZE)
+_BITS = 24  # float32's mantissa: uniform values (m + 0.5) / 2**24, never 0 or 1
 
 
-def draw_frame_noise(generator: torch.Generator, device, top_k: int) -> torch.Tensor:
-    """Exponential(1) noise for one frame of one request. [32, top_k] float32"""
-    return torch.empty(NUM_CODEBOOKS, top_k, device=device).exponential_(1, generator=generator)
+def _int64(value: int) -> int:
+    """An unsigned 64-bit constant as the int64 with the same bits."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+_GOLDEN = _int64(0x9E3779B97F4A7C15)
+_MIX1, _MIX2 = _int64(0xBF58476D1CE4E5B9), _int64(0x94D049BB133111EB)
+
+
+def _mix(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64's finaliser on int64 tensors: products wrap as uint64 would, and each right
+    shift is made logical by masking off the copies of the sign bit."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _MIX1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _MIX2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def seed_key(seed: int) -> int:
+    """A request's seed (0 <= seed < 2**64) as the int64 that `frame_noise` takes."""
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"a seed must be in [0, 2**64), got {seed}")
+    return _int64(seed)
+
+
+def frame_noise(seeds: torch.Tensor, frames: torch.Tensor, top_k: int) -> torch.Tensor:
+    """Exponential(1) noise for frame frames[r] of the request seeded seeds[r] (`seed_key`), for
+    every row r at once: int64 [b] each -> float32 [b, 32, top_k], on their device. Row r's
+    values depend only on (seeds[r], frames[r]) and a column's only on its own index."""
+    device = seeds.device
+    stream = _mix(_mix(seeds) + frames * _GOLDEN)  # [b]
+    cells = (torch.arange(NUM_CODEBOOKS, device=device)[:, None] * _NOISE_STRIDE
+             + torch.arange(top_k, device=device) + 1)  # [32, top_k]
+    x = _mix(stream[:, None, None] + cells * _GOLDEN)  # [b, 32, top_k]
+    uniform = (((x >> (64 - _BITS)) & ((1 << _BITS) - 1)).float() + 0.5) * (1.0 / (1 << _BITS))
+    return -torch.log(uniform)
 
 
 class BatchSampler:
@@ -70,13 +107,6 @@ class BatchSampler:
         out.temperature = torch.cat([self.temperature, self.temperature.new_ones(rows, 1)])
         out.k = torch.cat([self.k, self.k.new_ones(rows, 1)])
         out._outside = None
-        return out
-
-    def stack_noise(self, noise: list[torch.Tensor]) -> torch.Tensor:
-        """Per-row noise [32, k_i] -> [b, 32, max_k] (padding columns are never chosen)."""
-        out = torch.ones(len(noise), NUM_CODEBOOKS, self.max_k, device=noise[0].device)
-        for i, n in enumerate(noise):
-            out[i, :, : n.shape[1]] = n
         return out
 
     def sample(self, logits: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:

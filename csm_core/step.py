@@ -9,8 +9,9 @@ call copies its rows into the fixed inputs of the smallest batch bucket that hol
 that bucket's CUDA graph: one launch for the backbone position of every slot (embedding, every
 layer, FlexAttention over each slot's live keys) and one for the whole frame (c0, the depth
 decoder's 31 positions, each row sampled with its own temperature, top-k and noise), instead of
-about 2,000 kernel launches. Host work per step is O(rows): copies of the rows' inputs and each
-request's noise; the caller's EOS check on the codes is the step's one host sync.
+about 2,000 kernel launches. Host work per step does not grow with the rows in kernels: one staged
+copy of the rows' small inputs, one copy of their frames and one of their noise (drawn for every
+row at once: csm_core/sampling.py); the caller's EOS check on the codes is the step's one host sync.
 
 Padding rows (a bucket larger than the batch) decode greedily from stale inputs; in the backbone
 they write their key at position 0 of a scratch cache row (one past the last slot), so no slot's
@@ -81,12 +82,12 @@ class DecodeStep:
         return bucket.replay()[: len(slots)]
 
     @torch.inference_mode()
-    def frames(self, h: torch.Tensor, sampling: list[SamplingParams], noise: list[torch.Tensor]) -> torch.Tensor:
-        """Rows' backbone states h [n, dim], sampling parameters and this frame's noise ([32, top_k]
-        each, csm_core/sampling.py). Returns codes [n, 32] int64."""
+    def frames(self, h: torch.Tensor, sampling: list[SamplingParams], noise: torch.Tensor) -> torch.Tensor:
+        """Rows' backbone states h [n, dim], sampling parameters and this frame's noise [n, 32, k]
+        with k at least the largest top-k (csm_core/sampling.py `frame_noise`; a row's columns
+        past its own top-k are never chosen). Returns codes [n, 32] int64."""
         if self._frames is None:
-            sampler = BatchSampler(sampling, self.device)
-            return sample_frames(self.model, h, sampler, sampler.stack_noise(noise))
+            return sample_frames(self.model, h, BatchSampler(sampling, self.device), noise)
         bucket = self._frames.bucket(h.shape[0])
         bucket.inputs.fill(h, sampling, noise)
         return bucket.replay()[: h.shape[0]].clone()  # the next replay rewrites the bucket's output
@@ -194,14 +195,13 @@ class _FrameInputs:
         self.temp_staging = _Staging(self.sampler.temperature.view(-1))
         self.k_staging = _Staging(self.sampler.k.view(-1))
 
-    def fill(self, h: torch.Tensor, sampling: list[SamplingParams], noise: list[torch.Tensor]) -> None:
+    def fill(self, h: torch.Tensor, sampling: list[SamplingParams], noise: torch.Tensor) -> None:
         n = h.shape[0]
         pad = self.rows - n
         self.h[:n].copy_(h)
         self.temp_staging.send([1.0 if p.greedy else p.temperature for p in sampling] + [1.0] * pad)
         self.k_staging.send([p.effective_top_k for p in sampling] + [1] * pad)
-        for i, rows_noise in enumerate(noise):
-            self.noise[i, :, : rows_noise.shape[1]].copy_(rows_noise)
+        self.noise[:n, :, : noise.shape[2]].copy_(noise)  # one copy for every row
 
     def forward(self) -> torch.Tensor:
         return sample_frames(self.model, self.h, self.sampler, self.noise)  # [rows, 32]

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 h = model.prefill(slot, tokens[start : start + 64], mask[start : start + 64], start)
             hs.append(h)
     params = [SamplingParams(temperature=0.0)] * b
-    noise = [torch.ones(32, 1)] * b
+    noise = torch.ones(b, 32, 1)  # greedy: one column, never used
     h = torch.cat(hs)
     slots = list(range(b))
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             codes = step.frames(h, params, noise)
             return step.backbone(slots, codes, [n + t for n in lengths])
         sampler = BatchSampler(params, "cpu")
-        codes = sample_frames(model, h, sampler, sampler.stack_noise(noise))
+        codes = sample_frames(model, h, sampler, noise)
         positions = [n + t for n in lengths]
         return model.decode(torch.tensor(slots), codes, torch.tensor(positions), [p + 1 for p in positions])
 

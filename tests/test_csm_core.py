@@ -16,7 +16,7 @@ from csm_core.companions import companions_for
 from csm_core.config import PRESETS, ModelConfig
 from csm_core.framing import Segment, audio_frames, build_prompt, text_frames
 from csm_core.generate import generate
-from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import BatchSampler, SamplingParams, frame_noise, seed_key
 from csm_core.text import build_offline_tokenizer, load_tokenizer
 
 
@@ -96,7 +96,7 @@ def test_sampling_is_per_row_and_greedy_when_asked():
     logits = torch.randn(3, 2051)
     params = [SamplingParams(0.0, 50), SamplingParams(0.9, 1), SamplingParams(0.9, 5)]
     s = BatchSampler(params, "cpu")
-    noise = s.stack_noise([draw_frame_noise(make_generator(i), "cpu", p.effective_top_k) for i, p in enumerate(params)])
+    noise = frame_noise(torch.arange(3), torch.zeros(3, dtype=torch.long), s.max_k)  # [3, 32, 5]
     out = s.sample(logits, noise[:, 0])
     assert out[0] == logits[0].argmax() and out[1] == logits[1].argmax()
     assert out[2] in torch.topk(logits[2], 5).indices
@@ -106,6 +106,51 @@ def test_sampling_is_per_row_and_greedy_when_asked():
         SamplingParams(0.9, 0)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(-1, 5)
+
+
+def _splitmix_finaliser(x: int) -> int:
+    """splitmix64's finaliser on Python ints (uint64), the reference for frame_noise's int64 tensors."""
+    m = (1 << 64) - 1
+    x &= m
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & m
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & m
+    return x ^ (x >> 31)
+
+
+def test_frame_noise_is_the_counter_hash_it_documents():
+    """Value (codebook i, column j) of frame n of seed s: -log of the top 24 bits of
+    mix(mix(mix(s) + n * golden) + (i * 4096 + j + 1) * golden), as uint64 arithmetic gives it
+    (the tensors wrap and shift as int64: seeds past 2**63 included)."""
+    golden, m = 0x9E3779B97F4A7C15, (1 << 64) - 1
+    seeds, frames = [0, 7, 2**63 + 5, 2**64 - 1], [0, 3, 11, 2**20]
+    noise = frame_noise(torch.tensor([seed_key(s) for s in seeds]), torch.tensor(frames), 6)
+    assert noise.shape == (4, 32, 6) and noise.dtype == torch.float32
+    for r, (s, n) in enumerate(zip(seeds, frames)):
+        stream = _splitmix_finaliser((_splitmix_finaliser(s) + n * golden) & m)
+        for i, j in ((0, 0), (5, 3), (31, 5)):
+            x = _splitmix_finaliser((stream + (i * 4096 + j + 1) * golden) & m)
+            want = -np.log(((x >> 40) + 0.5) / 2**24)
+            assert noise[r, i, j].item() == pytest.approx(want, rel=1e-6), (r, i, j)
+    with pytest.raises(ValueError, match="seed"):
+        seed_key(2**64)
+
+
+def test_frame_noise_rows_do_not_depend_on_their_batch_or_top_k():
+    seeds, frames = torch.tensor([3, 4, 3]), torch.tensor([0, 0, 1])
+    batch = frame_noise(seeds, frames, 50)
+    for r in range(3):
+        alone = frame_noise(seeds[r : r + 1], frames[r : r + 1], 7)
+        assert torch.equal(alone[0], batch[r, :, :7])  # the same columns, whatever else is drawn
+    assert not torch.equal(batch[0], batch[1]) and not torch.equal(batch[0], batch[2])  # seeds, frames differ
+
+
+def test_frame_noise_is_exponential():
+    """Exponential(1): mean and variance 1, P(X > x) = exp(-x), strictly positive and finite."""
+    x = frame_noise(torch.arange(64), torch.arange(64), 2051).flatten().double()  # 4.2M draws
+    assert bool(torch.isfinite(x).all()) and float(x.min()) > 0
+    assert float(x.mean()) == pytest.approx(1.0, abs=0.003) and float(x.var()) == pytest.approx(1.0, abs=0.01)
+    for t in (0.1, 1.0, 3.0, 8.0):
+        assert float((x > t).double().mean()) == pytest.approx(np.exp(-t), rel=0.02, abs=2e-5), t
 
 
 def test_generate_is_seeded_and_bounded(tiny):

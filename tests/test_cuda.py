@@ -6,7 +6,7 @@ import torch
 
 from csm_core.checkpoint import load_model
 from csm_core.frame import sample_frames
-from csm_core.sampling import BatchSampler, SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import BatchSampler, SamplingParams, frame_noise
 from csm_core.step import DecodeStep
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -39,10 +39,10 @@ def prefilled(model, lengths: list[int], seed: int = 0) -> list[torch.Tensor]:
 
 def decode_frames(step: DecodeStep, model, lengths: list[int], params: list[SamplingParams], frames: int):
     hs = prefilled(model, lengths)
-    gens = [make_generator(i, "cuda") for i in range(len(lengths))]
     out, h = [], torch.cat(hs)
     for t in range(frames):
-        noise = [draw_frame_noise(g, "cuda", p.effective_top_k) for g, p in zip(gens, params)]
+        seeds = torch.arange(len(lengths), device="cuda")
+        noise = frame_noise(seeds, torch.full_like(seeds, t), max(p.effective_top_k for p in params))
         codes = step.frames(h, params, noise)
         out.append(codes)
         h = step.backbone(list(range(len(lengths))), codes, [n + t for n in lengths])
@@ -127,3 +127,19 @@ def test_engine_bf16_on_cuda():
             assert fin.reason in (FinishReason.LENGTH, FinishReason.EOS)
     finally:
         eng.shutdown()
+
+
+def test_mimi_stream_decoder_on_cuda_runs_only_the_live_rows():
+    """moshi's exec-mask update is a CUDA graph captured on the full state; a call narrowed to the
+    live rows sets the mask there first and decodes only its rows, as a full-width call would."""
+    from csm_core.constants import NUM_CODEBOOKS
+    from csm_core.mimi import MimiCodec
+
+    codec = MimiCodec.load(None, device="cuda")
+    codes = torch.randint(0, 2048, (4, NUM_CODEBOOKS, 3), generator=torch.Generator().manual_seed(3)).cuda()
+    narrow, full = codec.stream_decoder(4), codec.stream_decoder(4)
+    for t, live in enumerate((1, 2, 1)):  # rows 0..live-1 active at frame t
+        active = torch.arange(4, device="cuda") < live
+        a = narrow.decode(codes[:, :, t : t + 1], active, live)[:live]
+        b = full.decode(codes[:, :, t : t + 1], active, 4)[:live]
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -72,7 +72,7 @@ def test_gpu_check_cpu_dry_run(tmp_path):
     assert hung["limit_s"] == 5 and 5 <= hung["seconds"] < 5 + 15  # the conductor kills at + 15 s
     assert "in hang" in hung["watchdog_tracebacks"] and "in hang" in proc.stdout
     assert "compute capability >= 8.9" in phases["float8"]["reason"]
-    assert phases["pytest"]["result"]["skipped"] == 7  # CUDA-only tests, skipped on CPU
+    assert phases["pytest"]["result"]["skipped"] == 8  # CUDA-only tests, skipped on CPU
     steps = phases["steps"]["result"]
     assert [r["batch"] for r in steps["rows"]] == [1, 2] and all(r["ms"] > 0 and r["bytes"] > 0 for r in steps["rows"])
     assert phases["parity"]["result"]["requests_equal"] == 1  # CPU against CPU: identical

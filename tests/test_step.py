@@ -4,6 +4,7 @@ one-request reference path (csm_core.generate), on the tiny and bench presets. F
 reference in the paths (one test compiles it, as CUDA does, with inductor's CPU backend); the
 buckets run what CUDA captures, without the capture."""
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pytest
@@ -13,7 +14,7 @@ from csm_core.checkpoint import load_model
 from csm_core.framing import Prompt
 from csm_core.generate import generate, prefill_slot
 from csm_core.llama import FLEX_BLOCK
-from csm_core.sampling import SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import SamplingParams, frame_noise
 from csm_core.step import DecodeStep, batch_buckets
 
 GREEDY = SamplingParams(temperature=0.0)
@@ -46,7 +47,6 @@ def run_streams(model, step: DecodeStep, prompts: list[Prompt], slots: list[int]
     prefilled in CHUNK pieces) while the earlier ones decode; the prompts that complete come first
     in the frame batch, then the decoding slots. Greedy. Returns each stream's frames [frames, 32]."""
     streams = [Stream(p, s) for p, s in zip(prompts, slots)]
-    gens = [make_generator(i) for i in range(len(streams))]
     for t in range(len(streams) + frames):
         rows, hs = [], []
         if t < len(streams):
@@ -64,7 +64,7 @@ def run_streams(model, step: DecodeStep, prompts: list[Prompt], slots: list[int]
             rows += decoding
         if not rows:
             continue
-        noise = [draw_frame_noise(gens[streams.index(s)], "cpu", 1) for s in rows]
+        noise = frame_noise(torch.tensor([streams.index(s) for s in rows]), torch.tensor([len(s.frames) for s in rows]), 1)
         codes = step.frames(torch.cat(hs), [GREEDY] * len(rows), noise)
         for s, c in zip(rows, codes):
             s.frames.append(c)
@@ -113,7 +113,7 @@ def test_buckets_sample_each_row_with_its_own_parameters():
               SamplingParams(1.0, 1)]
     g = torch.Generator().manual_seed(0)
     h = torch.randn(len(params), model.config.backbone.embed_dim, generator=g)
-    noise = [draw_frame_noise(make_generator(i), "cpu", p.effective_top_k) for i, p in enumerate(params)]
+    noise = frame_noise(torch.arange(len(params)), torch.zeros(len(params), dtype=torch.long), 2051)
     want = eager.frames(h, params, noise)
     bucketed = DecodeStep(model, 8, MAX_SEQ, graphs=True)
     for _ in range(2):  # the second call finds the first call's noise in the buffer's unused columns
@@ -193,3 +193,52 @@ def test_compiled_flex_decode_reads_the_live_keys_and_compiles_once():
     torch._dynamo.utils.counters.clear()
     flex(q_rows, k, v, block_mask=DecodeMask(rows, seq, q.device).update(slots[:1], positions[:1]), enable_gqa=True)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # a new mask reuses the kernel
+
+
+def test_host_kernels_per_step_do_not_grow_with_the_batch():
+    """A decode step through the engine's ModelRunner with the bucketed (graphed) step: what runs
+    outside the buckets (what CUDA would launch from the host besides the two graph replays) is
+    the same set of kernels for 1 row as for 8: the rows' inputs, their noise and the EOS check are
+    one batched operation each, not one per request. Counted with torch's profiler, as
+    scripts/step_counters.py counts them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from server.engine.request import Request, RequestStatus
+    from server.engine.runner import ModelRunner
+    from server.engine.scheduler import SchedulerOutput
+    from server.engine.types import SynthesisParams
+    sys_path_scripts()
+    from step_counters import GRAPH_RANGE, inside, is_kernel
+
+    model = load_model("tiny").model
+    runner = ModelRunner(model, 8, MAX_SEQ, cuda_graphs=False)
+    runner.step = DecodeStep(model, 8, MAX_SEQ, graphs=True)  # its buckets, run eagerly on CPU
+
+    def host_kernels(rows: int) -> Counter:
+        reqs = []
+        for i in range(rows):
+            req = Request(i, SynthesisParams(text="x"), None, seed=i, max_frames=100, t_arrival=0.0,
+                          status=RequestStatus.DECODING, prompt_len=10 + i, slot=i, num_frames=1)
+            req.state = runner.new_state(synthetic_prompt(10 + i, i), SamplingParams(0.9, 50 - i), i)
+            req.state.last_frame = torch.randint(1, 2048, (32,))
+            reqs.append(req)
+        runner.run(SchedulerOutput(decode=reqs))  # warm
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            result = runner.run(SchedulerOutput(decode=reqs))
+        assert result.codes.shape == (rows, 32) and all(r.state.frames_drawn == 2 for r in reqs)
+        events = prof.events()
+        assert sum(e.name == GRAPH_RANGE for e in events) == 2  # backbone, frame
+        return Counter(e.name for e in events if is_kernel(e) and not inside(e, GRAPH_RANGE))
+
+    one, eight = host_kernels(1), host_kernels(8)
+    print(f"\nhost kernels per decode step: {sum(one.values())} at 1 row, {sum(eight.values())} at 8")
+    assert one == eight, (one, eight)
+
+
+def sys_path_scripts() -> None:
+    import sys
+    from pathlib import Path
+
+    scripts = str(Path(__file__).resolve().parents[1] / "scripts")
+    if scripts not in sys.path:
+        sys.path.append(scripts)

@@ -13,7 +13,7 @@ import torch
 from csm_core.framing import Prompt
 from csm_core.generate import prefill_slot
 from csm_core.model import CSMModel
-from csm_core.sampling import SamplingParams, draw_frame_noise, make_generator
+from csm_core.sampling import SamplingParams, frame_noise, seed_key
 from csm_core.step import DecodeStep
 from server.engine.kv_blocks import KVBlockPool
 from server.engine.kv_swap import KVSwap, Rows
@@ -27,7 +27,8 @@ class SlotState:
 
     prompt: Prompt
     sampling: SamplingParams
-    generator: torch.Generator
+    seed: int  # its seed as frame_noise takes it (csm_core/sampling.py)
+    frames_drawn: int = 0  # frames whose noise it has drawn: the next frame's number
     last_frame: torch.Tensor | None = None  # [32] codes to feed back next step
     swapped: Rows | None = None  # its KV rows in host memory while it is preempted
 
@@ -70,7 +71,7 @@ class ModelRunner:
 
     def new_state(self, prompt: Prompt, sampling: SamplingParams, seed: int) -> SlotState:
         """The tensors a request keeps between steps (engine thread, when it is prepared)."""
-        return SlotState(prompt, sampling, make_generator(seed, self.device))
+        return SlotState(prompt, sampling, seed_key(seed))
 
     @torch.inference_mode()
     def run(self, plan: SchedulerOutput) -> StepResult:
@@ -115,10 +116,17 @@ class ModelRunner:
         if not producers:
             return StepResult([], [], None, failed, timings)
         h = torch.cat(hs)  # [b, dim]
-        noise = [draw_frame_noise(r.state.generator, self.device, r.state.sampling.effective_top_k) for r in producers]
-        codes = self.step.frames(h, [r.state.sampling for r in producers], noise)  # [b, 32]
+        codes = self.step.frames(h, [r.state.sampling for r in producers], self._noise(producers))  # [b, 32]
         eos = (codes == 0).all(dim=1).tolist()  # the step's one host sync
         timings["depth"] = time.perf_counter() - t1
         for i, req in enumerate(producers):
             req.state.last_frame = codes[i]
+            req.state.frames_drawn += 1
         return StepResult(producers, eos, codes, failed, timings)
+
+    def _noise(self, producers: list[Request]) -> torch.Tensor:
+        """This frame's noise for every producer at once [b, 32, largest top-k]: one small copy
+        of their seeds and frame numbers, then the same few kernels whatever b."""
+        keys = torch.tensor([[r.state.seed for r in producers], [r.state.frames_drawn for r in producers]])  # [2, b]
+        keys = keys.to(self.device, non_blocking=True)
+        return frame_noise(keys[0], keys[1], max(r.state.sampling.effective_top_k for r in producers))
