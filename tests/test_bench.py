@@ -98,3 +98,17 @@ def test_prefill_interference(tmp_path):
         assert 0 < i[key]["p50"] <= i[key]["p95"] <= i[key]["max"]
     assert 0 < i["encode_ms"] < i["injected_ttfa_ms"] and i["encode_gap_p95_over_baseline_step"] > 0
     assert run["gap_ms"] == i["gap_ms_during_prefill"]
+
+
+def test_watermark_roofline(tmp_path):
+    """Counts silentcipher's MACs as apply_batch runs them and sets them against a measured GEMM."""
+    from csm_bench import watermark_roofline
+
+    out = tmp_path / "wm.json"
+    assert watermark_roofline.main(["--threads", "1", "--streams", "2", "--chunk-frames", "3", "--iters", "1",
+                                    "--gemm", "256", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    # per STFT cell: encoder 2 x 9 x (1x32 + 32x32 + 32x32), carrier decoder 2 x 9 x (34x96 + 2 x 96x96) + 2 x 96
+    assert watermark_roofline.conv_macs_per_cell(watermark_roofline.Watermarker.load(None)) == 37_440 + 390_720
+    assert r["conv_gmac_per_audio_s"] > 0 and r["gemm_gmac_s"] > 0 and r["ceiling_audio_s_per_s"] > 0
+    assert r["core_s_per_audio_s"] == pytest.approx(r["machine_s_per_audio_s"], rel=0.01)
