@@ -15,7 +15,7 @@ type Request struct {
 	// Earlier turns, oldest first (see SegmentFromWAV).
 	Context []*csmv1.Segment
 	// Sampling: temperature in [0, 5] (0 is greedy), top-k in [1, 2051], and the seed of
-	// this request's own random generator.
+	// this request's sampling noise.
 	Temperature *float32
 	TopK        *uint32
 	Seed        *uint64

@@ -293,7 +293,8 @@ type Sampling struct {
 	Temperature *float32 `protobuf:"fixed32,1,opt,name=temperature,proto3,oneof" json:"temperature,omitempty"`
 	// Sample among the k most likely codes, in [1, 2051]. 1 means greedy. Unset: 50.
 	TopK *uint32 `protobuf:"varint,2,opt,name=top_k,json=topK,proto3,oneof" json:"top_k,omitempty"`
-	// Seed of this request's own random generator. Unset: random. With the same model, device,
+	// Seed of this request's sampling noise (a hash of the seed and the frame number: no state
+	// shared with other requests). Unset: random. With the same model, device,
 	// dtype and request, a seed repeats exactly the generated frames (Mimi codes), whatever
 	// else the server is doing; the audio decoded from them repeats to within floating-point
 	// rounding (streams are decoded in batches that differ with the load), with or without the
