@@ -34,18 +34,22 @@ target, n, audio_ms, slowness = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]),
 out = [None] * n
 def reader(i):
     with grpc.insecure_channel(target, options=[("grpc.http2.bdp_probe", 0)]) as ch:
-        got, result, t0 = 0, None, time.monotonic()
-        for m in ch.unary_stream("/csm.v1.Speech/Synthesize",
-                request_serializer=pb.SynthesizeRequest.SerializeToString,
-                response_deserializer=pb.SynthesizeResponse.FromString)(
-                pb.SynthesizeRequest(text=f"Slow reader {i} takes its time over every word.", max_audio_ms=audio_ms,
-                                     sampling=pb.Sampling(seed=i)), timeout=3600):
-            if m.HasField("audio"):
-                got += m.audio.num_samples
-                time.sleep(slowness * m.audio.duration_ms / 1000)
-            else:
-                result = m.result
-        out[i] = {"samples": got, "result_samples": result.audio_samples, "s": time.monotonic() - t0}
+        got, result, error, t0 = 0, None, None, time.monotonic()
+        try:
+            for m in ch.unary_stream("/csm.v1.Speech/Synthesize",
+                    request_serializer=pb.SynthesizeRequest.SerializeToString,
+                    response_deserializer=pb.SynthesizeResponse.FromString)(
+                    pb.SynthesizeRequest(text=f"Slow reader {i} takes its time over every word.",
+                                         max_audio_ms=audio_ms, sampling=pb.Sampling(seed=i)), timeout=3600):
+                if m.HasField("audio"):
+                    got += m.audio.num_samples
+                    time.sleep(slowness * m.audio.duration_ms / 1000)
+                else:
+                    result = m.result
+        except grpc.RpcError as e:  # e.g. RESOURCE_EXHAUSTED: slower than --reader-stall-s allows
+            error = f"{e.code().name}: {e.details()}"
+        out[i] = {"samples": got, "result_samples": result.audio_samples if result else None, "error": error,
+                  "s": time.monotonic() - t0}
 threads = [threading.Thread(target=reader, args=(i,)) for i in range(n)]
 for t in threads:
     t.start()
@@ -56,9 +60,9 @@ print(json.dumps(out))
 
 
 def run(preset: str, slots: int, slow: int, slow_audio_ms: int, slowness: float, normal: int, watermark: bool,
-        preempt: bool, ahead_s: float) -> dict:
+        preempt: bool, ahead_s: float, grace_s: float) -> dict:
     config = EngineConfig(model=preset, max_slots=slots, max_queue=4 * slots, watermark=watermark,
-                          preempt_max=None if preempt else 0, preempt_ahead_s=ahead_s)
+                          preempt_max=None if preempt else 0, preempt_ahead_s=ahead_s, preempt_grace_s=grace_s)
     with tempfile.TemporaryDirectory() as voices:
         server = Loopback(config, voices)
         try:
@@ -90,6 +94,7 @@ def run(preset: str, slots: int, slow: int, slow_audio_ms: int, slowness: float,
                            "max": max(ttfa) * 1000},
         "preemptions": stats.preemptions, "resumes": stats.resumes,
         "slow_readers_complete": all(r["samples"] == r["result_samples"] for r in slow_results),
+        "slow_reader_errors": [r["error"] for r in slow_results if r["error"]],
         "slow_reader_s": [round(r["s"], 1) for r in slow_results],
     }
 
@@ -109,16 +114,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--watermark", choices=("on", "off"), default="on")
     p.add_argument("--preemption", choices=("both", "on", "off"), default="both")
     p.add_argument("--preempt-ahead-s", type=float, default=EngineConfig().preempt_ahead_s)
+    p.add_argument("--preempt-grace-s", type=float, default=EngineConfig().preempt_grace_s)
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     modes = {"both": (False, True), "on": (True,), "off": (False,)}[args.preemption]
     results = [run(args.preset, args.slots, args.slow, args.slow_audio_ms, args.slowness, args.normal,
-                   args.watermark == "on", preempt, args.preempt_ahead_s) for preempt in modes]
+                   args.watermark == "on", preempt, args.preempt_ahead_s, args.preempt_grace_s) for preempt in modes]
     for r in results:
         t = r["normal_ttfa_ms"]
         print(f"preemption {'on ' if r['preemption'] else 'off'}: normal TTFA p50 {t['p50']:.0f} ms, p95 {t['p95']:.0f} "
               f"ms, max {t['max']:.0f} ms; {r['preemptions']} preemptions; slow readers complete: "
-              f"{r['slow_readers_complete']}")
+              f"{r['slow_readers_complete']}" + (f" ({len(r['slow_reader_errors'])} ended: "
+                                                  f"{r['slow_reader_errors'][0]})" if r["slow_reader_errors"] else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "runs": results}, f, indent=2)

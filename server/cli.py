@@ -148,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--preempt-ahead-s", "CSM_PREEMPT_AHEAD_S", "2",
          "a stream whose client has this much audio unread gives its slot to a waiting request and resumes, "
          "exactly, once its client is down to half of that", type=float)
+    flag("--preempt-grace-s", "CSM_PREEMPT_GRACE_S", "0.5",
+         "a stream whose client has left audio unread this long without a break (its transport's window is full) "
+         "gives its slot to a waiting request too, and resumes once its client has read what waited (0: off)",
+         type=float)
     flag("--preempt-swap-mb", "CSM_PREEMPT_SWAP_MB", "1024",
          "host memory for the KV of preempted streams; a stream that does not fit keeps its slot", type=int)
     flag("--preempt-max", "CSM_PREEMPT_MAX", None,
@@ -274,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             stream_buffer_s=args.stream_buffer_s,
             reader_stall_s=args.reader_stall_s,
             preempt_ahead_s=args.preempt_ahead_s,
+            preempt_grace_s=args.preempt_grace_s,
             preempt_swap_mb=args.preempt_swap_mb,
             preempt_max=args.preempt_max,
             prefix_cache_mb=args.prefix_cache_mb,

@@ -128,3 +128,53 @@ def test_a_conversation_turn_is_preempted_and_its_conversation_goes_on_exactly(e
     assert after_next.prompt_frames == alone_next.prompt_frames  # it prefilled only what was new
     assert torch.equal(torch.stack(engine.frames["conv-2"]), torch.stack(engine.frames["alone-2"]))
     wait_for(lambda: engine.stats().slots_in_use == 0, what="the slot to be free")
+
+
+def test_a_stream_whose_reader_leaves_audio_unread_for_the_grace_gives_its_slot_up_and_resumes_exactly():
+    """The grace rule: audio waiting unread without a break for preempt_grace_s (the client's
+    transport is full) is enough, long before preempt_ahead_s has piled up (here never: it is
+    longer than the utterance). The stream resumes once its reader has taken all that waited,
+    with the same frames and audio as a run that never stopped."""
+    eng = recording_engine(EngineConfig(model="tiny", device="cpu", dtype="float32", max_slots=1, max_queue=4,
+                                        watermark=False, stream_buffer_s=60.0, preempt_ahead_s=600.0,
+                                        preempt_grace_s=0.3, reader_stall_s=0.0))
+    try:
+        params = lambda rid: SynthesisParams(text="I keep my reader waiting.", seed=9, temperature=0.8,  # noqa: E731
+                                             max_audio_ms=80 * 150, request_id=rid)
+        alone_pcm, alone = read_all(eng.submit(params("alone")))
+        stream = eng.submit(params("blocked"))
+        first = stream.get(timeout=60)  # then its reader stops for a while
+        assert isinstance(first, AudioOut)
+        wait_for(lambda: stream.unread_since is not None and time.monotonic() - stream.unread_since > 0.3,
+                 what="audio to wait unread for the grace")
+        assert stream.unread_ms < 600_000
+        _, other_end = read_all(eng.submit(SynthesisParams(text="Me now.", seed=1, max_audio_ms=400,
+                                                           request_id="other")))
+        assert other_end.reason in (FinishReason.EOS, FinishReason.LENGTH)
+        stats = eng.stats()
+        assert stats.preemptions == 1 and stats.requests_preempted == 1  # it waits for its reader to take it all
+        rest_pcm, end = read_all(stream)
+        stats = eng.stats()
+        assert stats.resumes == 1 and stats.requests_preempted == 0
+        assert end.reason is alone.reason and end.frames == alone.frames
+        assert torch.equal(torch.stack(eng.frames["blocked"]), torch.stack(eng.frames["alone"]))
+        pcm = np.concatenate([first.pcm, rest_pcm])
+        assert pcm.shape == alone_pcm.shape and np.abs(pcm - alone_pcm).max() < 1e-5
+    finally:
+        eng.shutdown()
+
+
+def test_unread_since_marks_audio_that_waits_without_a_break():
+    from server.engine.stream import RequestStream
+
+    posted = []
+    stream = RequestStream(1, "r", posted.append)
+    assert stream.unread_since is None
+    stream.push(AudioOut(pcm=np.zeros(1920, np.float32), frames=1, watermarked=False))
+    since = stream.unread_since
+    assert since is not None
+    stream.push(AudioOut(pcm=np.zeros(1920, np.float32), frames=1, watermarked=False))
+    stream.get()
+    assert stream.unread_since == since  # some still waits: the same wait
+    stream.get()
+    assert stream.unread_since is None and stream.unread_ms == 0 and not posted

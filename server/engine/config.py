@@ -55,11 +55,13 @@ class EngineConfig:
     stream_buffer_s: float = 10.0
     reader_stall_s: float = 30.0
     # Preemption (server/engine/preemption.py): a stream whose reader has at least preempt_ahead_s
-    # of audio unread gives its slot to a waiting request; its KV waits in host memory
+    # of audio unread, or has left some unread for preempt_grace_s without a break (its transport's
+    # window is full), gives its slot to a waiting request; its KV waits in host memory
     # (preempt_swap_mb in all) and it resumes exactly where it stopped once its reader is down to
-    # half of that. At most preempt_max streams are preempted at once (default: max_slots; 0 or
+    # half of that (all of it, after the grace rule). At most preempt_max streams are preempted at once (default: max_slots; 0 or
     # preempt_swap_mb 0: never); each keeps its Mimi row, so Mimi has max_slots + preempt_max rows.
     preempt_ahead_s: float = 2.0
+    preempt_grace_s: float = 0.5  # 0: only the ahead rule
     preempt_swap_mb: int = 1024
     preempt_max: int | None = None
     # Output
@@ -97,7 +99,7 @@ class EngineConfig:
         if self.preempt_max is None:
             self.preempt_max = self.max_slots
         for name in ("prefix_cache_mb", "max_conversations", "conversation_idle_s", "conversation_max_lifetime_s",
-                     "preempt_ahead_s", "preempt_swap_mb", "preempt_max"):
+                     "preempt_ahead_s", "preempt_grace_s", "preempt_swap_mb", "preempt_max"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.prefill_budget < self.prefill_chunk:

@@ -46,7 +46,8 @@ STOPPED = "the engine stopped; the server is restarting"  # the error of every r
 class EngineCore:
     def __init__(self, control: ControlChannel, runner: ModelRunner, scheduler: Scheduler, sessions: Sessions,
                  admission: Admission, prep: PrepWorker, mimi: MimiDecoder, watermarked: bool,
-                 torch_threads: int | None, reader_stall_s: float = 0.0, preempt_ahead_s: float = 0.0):
+                 torch_threads: int | None, reader_stall_s: float = 0.0, preempt_ahead_s: float = 0.0,
+                 preempt_grace_s: float = 0.0):
         self._control = control  # what prep, Mimi, output and the callers' streams post to
         self.runner = runner
         self.reader_stall_s = reader_stall_s  # a request paused this long for its reader ends (0: never)
@@ -55,7 +56,7 @@ class EngineCore:
         self.prep = prep
         self.mimi = mimi
         self.watermarked = watermarked
-        self.preemption = Preemption(scheduler, runner, preempt_ahead_s)
+        self.preemption = Preemption(scheduler, runner, preempt_ahead_s, preempt_grace_s)
         self._admission = admission
         self._books = RequestBooks(scheduler, sessions, admission, mimi, watermarked, runner.drop_swapped,
                                    self.preemption)

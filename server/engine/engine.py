@@ -82,7 +82,7 @@ class Engine:
         self._prep = PrepWorker(parts.tokenizer, parts.codec, self._info.limits, report, torch_threads, block_positions)
         self._core = EngineCore(self._control, parts.runner, scheduler, sessions, self._admission, self._prep,
                                 self._mimi, parts.watermarker is not None, torch_threads, config.reader_stall_s,
-                                config.preempt_ahead_s)
+                                config.preempt_ahead_s, config.preempt_grace_s)
         self._ids = itertools.count(1)
         self._ready = threading.Event()
         self._accepting = False

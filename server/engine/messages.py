@@ -42,6 +42,10 @@ class EventSink(Protocol):
         """Audio pushed and not yet taken by the consumer."""
 
     @property
+    def unread_since(self) -> float | None:
+        """Since when (time.monotonic) some audio has waited unread without a break; None: none waits."""
+
+    @property
     def finished(self) -> bool:
         """A Finished event was pushed."""
 

@@ -52,6 +52,7 @@ class Request:
     num_frames: int = 0  # generated frames (EOS not counted)
     paused_since: float | None = None  # its reader is behind: no frames until it catches up
     swapped: bool = False  # preempted: its KV rows wait in host memory (the runner's KVSwap) for a slot
+    resume_below_ms: int = 0  # preempted: it queues again once its reader has at most this much unread
     finish_reason: FinishReason | None = None
     error: str | None = None
     violations: tuple[Violation, ...] = ()

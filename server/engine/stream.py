@@ -11,7 +11,10 @@ Flow control: the audio pushed and not yet taken by the consumer is counted. Pas
 `pause_after_s` seconds of it the stream asks the engine to pause the request (it keeps its
 slot and KV, makes no frames), and once the consumer has caught up to half of that, to resume
 it; a reader too slow for too long is ended by the engine (FinishReason.STALLED). So a slow
-reader holds a bounded amount of audio, never the whole utterance. Torch-free.
+reader holds a bounded amount of audio, never the whole utterance. It also keeps since when
+audio has waited unread without a break (`unread_since`): a consumer that takes each chunk as it
+comes never has any waiting for long, one blocked by its transport's flow control (the client's
+window full) has some waiting all the time (server/engine/preemption.py). Torch-free.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from csm_core.constants import FRAME_MS
@@ -35,6 +39,7 @@ class RequestStream:
         self._cancelled = threading.Event()
         self._lock = threading.Lock()
         self._unread_ms = 0  # audio pushed and not yet taken by the consumer
+        self._unread_since: float | None = None  # when _unread_ms last became non-zero
         self._paused = False
         self._finished = False  # a Finished event was pushed
         try:
@@ -68,13 +73,22 @@ class RequestStream:
         return self._unread_ms
 
     @property
+    def unread_since(self) -> float | None:
+        return self._unread_since
+
+    @property
     def finished(self) -> bool:
         return self._finished
 
     def _count(self, ms: int) -> None:
         """Adds (pushed) or removes (taken) unread audio; pauses or resumes the request."""
         with self._lock:
+            waited = self._unread_ms > 0
             self._unread_ms += ms
+            if self._unread_ms <= 0:
+                self._unread_since = None
+            elif not waited:
+                self._unread_since = time.monotonic()
             if not self._pause_after_ms:
                 return
             if not self._paused and self._unread_ms > self._pause_after_ms:

@@ -69,7 +69,9 @@ def test_slow_readers_give_their_slots_to_the_others(preempting):
     print(f"\n{SLOW} slow readers (1/{SLOWNESS} of real time) on {SLOTS} slots: normal requests' time to first audio "
           f"p50 {np.percentile(ttfa, 50) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms, max {max(ttfa) * 1000:.0f} ms; "
           f"{stats.preemptions} preemptions, {stats.resumes} resumes")
-    assert len(ttfa) == 10 and p95 <= 6.0, ttfa  # without preemption: until a slow reader ends (~36 s)
+    # 0.8 s here with the grace rule (6.3-6.7 s on this VM before it); without preemption: until a slow
+    # reader ends (~36 s). The 2 s target is csm_bench.slow_readers's (docs/reliability.md); CI gets slack.
+    assert len(ttfa) == 10 and p95 <= 3.0, ttfa
     assert preempted_seen >= 1 and stats.resumes == stats.preemptions
     for r in readers:  # every slow reader got all of its audio, in order, to its end
         assert r["samples"] == r["result_samples"] > 0, r
